@@ -1,0 +1,37 @@
+"""The ``omnifer`` command line.
+
+Each command is a thin shell over one typed library function (see DESIGN.md, habit 1), so the
+CLI, the Prefect tasks and a notebook cannot drift apart. Sub-modules register their commands
+on :data:`app`; :func:`main` turns every :class:`~omnifer.errors.OmniferError` into one line on
+stderr and its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from omnifer.cli._app import app, err_console
+from omnifer.errors import OmniferError
+
+# Importing a module registers its commands on ``app``.
+from omnifer.cli import data as _data  # noqa: E402,F401
+from omnifer.cli import model as _model  # noqa: E402,F401
+from omnifer.cli import synth as _synth  # noqa: E402,F401
+from omnifer.cli import distill as _distill  # noqa: E402,F401
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(
+        level=os.environ.get("OMNIFER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app()
+    except OmniferError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,3 @@
+"""CLI commands: data."""
+
+from omnifer.cli._app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: distill."""
+
+from omnifer.cli._app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: model."""
+
+from omnifer.cli._app import app  # noqa: F401
