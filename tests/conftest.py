@@ -34,3 +34,25 @@ def yunet_model_path(omnifer_home: Path) -> Path:
     from omnifer import modelfiles
 
     return modelfiles.model_path("yunet", home=omnifer_home)
+
+
+@pytest.fixture()
+def catalog_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the repository's catalog whose root is a fresh temp folder."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+    raw["root"] = str(tmp_path / "catalog")
+    path = tmp_path / "data_catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("OMNIFER_CATALOG", str(path))
+    monkeypatch.delenv("OMNIFER_CATALOG_ROOT", raising=False)
+    return path
+
+
+@pytest.fixture()
+def data_catalog(catalog_file: Path):
+    from omnifer.catalog import DataCatalog
+    from omnifer.config import load_catalog
+
+    return DataCatalog(load_catalog(catalog_file))

@@ -1,3 +1,177 @@
-"""CLI commands: data."""
+"""CLI commands over the catalog, model files and the nightly flow.
 
-from omnifer.cli._app import app  # noqa: F401
+``ingest`` and ``demo`` start Prefect flows; they import ``flows`` lazily, inside the command,
+so that importing the library never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from omnifer.cli._app import app, console
+
+catalog_app = typer.Typer(help="The data catalog: datasets, row counts, columns.",
+                          no_args_is_help=False, invoke_without_command=True)
+models_app = typer.Typer(help="Model files (detectors) and model versions.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(models_app, name="models")
+
+
+@catalog_app.callback()
+def catalog_list(ctx: typer.Context) -> None:
+    """List the catalog's datasets with their URIs, file and row counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from omnifer.catalog import DataCatalog
+
+    table = Table("dataset", "uri", "schema", "partitioning", "files", "rows")
+    for info in DataCatalog.from_settings().info():
+        table.add_row(info.name, info.uri, f"v{info.schema_version}",
+                      ",".join(info.partitioning) or "-", str(info.files), f"{info.rows:,}")
+    console.print(table)
+
+
+@catalog_app.command("describe")
+def catalog_describe(dataset: str = typer.Argument(None, help="One dataset, or all")) -> None:
+    """Print each dataset's columns and types, from the code (the source of truth)."""
+    from omnifer.catalog import DataCatalog
+    from omnifer.schemas import SCHEMAS
+
+    catalog = DataCatalog.from_settings()
+    for name in [dataset] if dataset else list(catalog.catalog.datasets):
+        spec = catalog.catalog.datasets[name]
+        table = Table("column", "type", title=f"{name}  ({catalog.uri(name)})")
+        for field in SCHEMAS[name]:
+            table.add_row(field.name, str(field.type))
+        for col in spec.partitioning:
+            table.add_row(col, "string (partition folder)")
+        console.print(table)
+
+
+@app.command("sql")
+def sql(
+    query: str = typer.Argument(..., help="SQL over the views images, faces, scores, …"),
+    out: Path | None = typer.Option(None, "--out", help="Write the result to .csv or .parquet"),
+    limit: int = typer.Option(50, help="Rows to print (ignored with --out)"),
+) -> None:
+    """Query the catalog with DuckDB: one view per dataset."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from omnifer.catalog import run_sql
+    from omnifer.errors import ConfigError
+
+    result = run_sql(query)
+    if out is not None:
+        if out.suffix == ".csv":
+            pacsv.write_csv(result, out)
+        elif out.suffix == ".parquet":
+            pq.write_table(result, out)
+        else:
+            raise ConfigError(f"--out must end in .csv or .parquet, got {out.name}")
+        console.print(f"wrote {result.num_rows:,} rows to {out}")
+        return
+    table = Table(*result.column_names)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*[_short(v) for v in row.values()])
+    console.print(table)
+    if result.num_rows > limit:
+        console.print(f"… {result.num_rows - limit:,} more rows (use --limit or --out)")
+
+
+def _short(value: object) -> str:
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: list[str] = typer.Argument(None, help="Model files to fetch (default: all needed)"),
+    offline: bool = typer.Option(False, help="Use mirrors only; never download"),
+) -> None:
+    """Put the model files into OMNIFER_HOME/models, from a mirror or upstream; verify sha256."""
+    from omnifer import modelfiles
+
+    names = list(name or [])
+    fetched = modelfiles.fetch(names or None, download=not offline)
+    for key, path in fetched.items():
+        console.print(f"[green]ok[/green] {key}: {path} ({modelfiles.MODEL_FILES[key].licence})")
+    skipped = [n for n in (names or list(modelfiles.MODEL_FILES)) if n not in fetched]
+    for key in skipped:
+        console.print(f"[yellow]skipped[/yellow] {key}: optional and in no mirror")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Model versions with their events (registered / promoted / rejected) and metrics."""
+    from omnifer.catalog import DataCatalog
+
+    rows = DataCatalog.from_settings().read("models").sort_by("created_at").to_pylist()
+    table = Table("version", "event", "parent", "metrics", "created")
+    for r in rows:
+        table.add_row(r["model_version"], r["event"], r["parent_version"] or "-",
+                      _short(r["metrics"]), str(r["created_at"])[:19])
+    console.print(table)
+
+
+@models_app.command("register")
+def models_register(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False),
+    version: str = typer.Option(..., help="Version name, e.g. v1"),
+    promote: bool = typer.Option(False, help="Make it the primitive model now"),
+) -> None:
+    """Copy a trained checkpoint into the model store; optionally promote it."""
+    from omnifer import registry
+    from omnifer.catalog import DataCatalog
+
+    catalog = DataCatalog.from_settings()
+    card = json.loads((checkpoint / "card.json").read_text())
+    uri = registry.register_model(catalog, checkpoint, version,
+                                  metrics=card.get("metrics", {}),
+                                  train_datasets={"labeled": card.get("datasets", [])})
+    if promote:
+        registry.record_event(catalog, version, "promoted", card.get("metrics", {}))
+    console.print(f"registered {version} at {uri}{' and promoted it' if promote else ''}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    source: list[str] = typer.Option(None, "--source", "-s",
+                                     help="Folder, s3://bucket/prefix or urls:manifest.csv"),
+    date: str = typer.Option(None, help="Ingest date (YYYY-MM-DD); default today (UTC)"),
+    shard_size: int = typer.Option(None, help="Images per shard"),
+    workers: int = typer.Option(None, help="Shards processed in parallel"),
+) -> None:
+    """Run the nightly ingest flow once (Prefect's temporary local server unless configured)."""
+    from flows.ingest import nightly_ingest
+
+    summary = nightly_ingest(date=date, sources=list(source or []) or None, shard_size=shard_size,
+                             workers=workers)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    table = Table("status", "images", title=f"nightly ingest {summary['ingest_date']}")
+    for key, value in summary["images_by_status"].items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"faces: {summary['faces']}   scored: {summary['scored']}   "
+                  f"selected: {summary['selected']}  {summary['selected_per_class']}")
+
+
+@app.command("runs")
+def runs_cmd(limit: int = typer.Option(20)) -> None:
+    """Recent flow runs with each stage's state and counts."""
+    from omnifer import runs
+    from omnifer.catalog import DataCatalog
+
+    table = Table("run", "flow", "date", "state", "stages", "started")
+    for r in runs.list_runs(DataCatalog.from_settings(), limit):
+        stages = ", ".join(f"{k}:{v['state']}" for k, v in r.get("stages", {}).items())
+        table.add_row(r["run_id"][:36], r["flow"], r["ingest_date"], r["state"], stages,
+                      r["started_at"])
+    console.print(table)

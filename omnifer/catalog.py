@@ -1,0 +1,141 @@
+"""The catalog as code: read, write and query the datasets named in ``data_catalog.yaml``.
+
+``DataCatalog`` is the one place that knows where a dataset's files go (hive folders by ingest
+date, deterministic file names) and how DuckDB sees them (one view per dataset). Local
+datasets become ``read_parquet`` views over their committed files; S3 datasets are opened with
+``pyarrow.dataset`` and registered as Arrow scans, because DuckDB's httpfs extension cannot be
+installed offline (see ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from omnifer import storage
+from omnifer.config import Catalog, Settings, is_remote, join_uri, load_settings
+from omnifer.errors import DatasetError
+from omnifer.schemas import SCHEMAS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    uri: str
+    schema_version: int
+    partitioning: list[str]
+    files: int
+    rows: int
+
+
+class DataCatalog:
+    """Reads and commits the catalog's datasets; see the module docstring."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DataCatalog:
+        return cls((settings or load_settings()).catalog)
+
+    # -- locations -------------------------------------------------------------------------
+    def uri(self, name: str) -> str:
+        return self.catalog.uri(name)
+
+    def aux_uri(self, *parts: str) -> str:
+        return self.catalog.aux_uri(*parts)
+
+    def partition_cols(self, name: str) -> tuple[str, ...]:
+        return tuple(self.catalog.datasets[name].partitioning)
+
+    def file_uri(self, name: str, filename: str, **partition: str) -> str:
+        """Where a committed file of ``name`` goes: ``<uri>/<key>=<value>/…/<filename>``."""
+        cols = self.partition_cols(name)
+        if set(partition) != set(cols):
+            raise DatasetError(f"dataset {name} is partitioned by {cols}, got {sorted(partition)}")
+        parts = [f"{c}={partition[c]}" for c in cols]
+        return join_uri(self.uri(name), *parts, filename)
+
+    # -- reading and writing ---------------------------------------------------------------
+    def write(self, name: str, filename: str, table: pa.Table, **partition: str) -> str:
+        """Commit ``table`` as one file (atomic; same name = same rows on a rerun)."""
+        schema = SCHEMAS[name]
+        table = table.select(schema.names).cast(schema)
+        uri = self.file_uri(name, filename, **partition)
+        storage.write_table_atomic(uri, table)
+        return uri
+
+    def dataset(self, name: str) -> ds.Dataset:
+        return storage.dataset(self.uri(name), SCHEMAS[name], self.partition_cols(name))
+
+    def read(
+        self, name: str, columns: list[str] | None = None, filter: ds.Expression | None = None
+    ) -> pa.Table:
+        return storage.read_table(
+            self.uri(name), columns, filter, SCHEMAS[name], self.partition_cols(name)
+        )
+
+    def info(self) -> list[DatasetInfo]:
+        out = []
+        for name, spec in self.catalog.datasets.items():
+            files = storage.list_files(self.uri(name), ".parquet")
+            rows = self.dataset(name).count_rows() if files else 0
+            out.append(
+                DatasetInfo(name, self.uri(name), spec.schema_version, spec.partitioning,
+                            len(files), rows)
+            )
+        return out
+
+    # -- DuckDB ----------------------------------------------------------------------------
+    def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per dataset (``images``, ``faces``, …)."""
+        con = duckdb.connect(database)
+        for name in self.catalog.datasets:
+            self._register(con, name)
+        return con
+
+    def _register(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
+        uri = self.uri(name)
+        files = storage.list_files(uri, ".parquet")
+        if not files or is_remote(uri):
+            # S3 (or empty): an Arrow scan that DuckDB pulls from lazily.
+            con.register(f"_arrow_{name}", self.dataset(name))
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "_arrow_{name}"')
+            return
+        cols = self.partition_cols(name)
+        hive = ", hive_partitioning = true, hive_types = {%s}" % ", ".join(
+            f"'{c}': 'VARCHAR'" for c in cols
+        ) if cols else ", hive_partitioning = false"
+        file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+        con.execute(
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({file_list}'
+            f", union_by_name = true{hive})"
+        )
+
+
+def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
+    """DuckDB over the catalog; what ``omnifer sql`` uses. Views: one per dataset."""
+    return DataCatalog.from_settings(settings).connect()
+
+
+def run_sql(query: str, settings: Settings | None = None) -> Any:
+    """Run ``query`` against the catalog views and return a pyarrow Table."""
+    con = connect(settings)
+    try:
+        relation = con.sql(query)
+        return to_arrow(relation) if relation is not None else pa.table({})
+    except duckdb.Error as exc:
+        raise DatasetError(f"query failed: {str(exc).splitlines()[0]}") from None
+
+
+def to_arrow(result: Any) -> pa.Table:
+    """The result as an Arrow table (the method was renamed in DuckDB 2)."""
+    method = getattr(result, "to_arrow_table", None) or result.arrow
+    return method()

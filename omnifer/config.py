@@ -1,0 +1,188 @@
+"""One validated configuration: the data catalog plus pipeline settings.
+
+Precedence, lowest first: defaults in this file < ``omnifer.yaml`` (path in
+``$OMNIFER_CONFIG``, else ``./omnifer.yaml`` when present) < environment variables
+``OMNIFER_*`` (nested with ``__``, e.g. ``OMNIFER_INGEST__SHARD_SIZE=64``). The catalog itself
+lives in ``data_catalog.yaml`` (``$OMNIFER_CATALOG``), because data engineers read it without
+Python. Everything is validated here, once, so a typo fails at start-up with one line, not at
+2 a.m. in the middle of a shard.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from omnifer.errors import ConfigError
+
+DATASET_NAMES = ("images", "faces", "scores", "curated", "distilled", "models")
+
+
+class DatasetSpec(BaseModel):
+    """One dataset of the catalog: where it lives and how it is laid out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    uri: str
+    schema_version: int = 1
+    partitioning: list[str] = Field(default_factory=list)
+    key: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class Catalog(BaseModel):
+    """``data_catalog.yaml``: the datasets and the root their relative URIs hang from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    root: str
+    datasets: dict[str, DatasetSpec]
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _names_from_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({"name": k, **v} if isinstance(v, dict) else v) for k, v in value.items()}
+        return value
+
+    def uri(self, name: str) -> str:
+        """Absolute URI of dataset ``name`` (relative URIs resolve under ``root``)."""
+        if name not in self.datasets:
+            raise ConfigError(f"dataset '{name}' is not in the catalog ({', '.join(self.datasets)})")
+        return join_uri(self.root, self.datasets[name].uri)
+
+    def aux_uri(self, *parts: str) -> str:
+        """URI of bookkeeping files (plans, shard markers, model store, reports) under root."""
+        return join_uri(self.root, *parts)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join URI parts; an absolute part (``/x``, ``s3://``, ``file://``) replaces the base."""
+    out = base
+    for part in parts:
+        if "://" in part or part.startswith("/"):
+            out = part
+        else:
+            out = out.rstrip("/") + "/" + part.strip("/")
+    return out
+
+
+class IngestSettings(BaseModel):
+    """How the nightly ingest cuts, decodes and detects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str = "yunet"
+    min_det_score: float = Field(0.6, ge=0, le=1)
+    min_face_size: int = Field(32, ge=8)
+    max_side: int = Field(1280, ge=128)
+    shard_size: int = Field(256, ge=1)
+    workers: int = Field(2, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_bytes: int = Field(50_000_000, ge=1)
+    crop_jpeg_quality: int = Field(95, ge=50, le=100)
+    score_batch_size: int = Field(128, ge=1)
+
+
+class RetrainTrigger(BaseModel):
+    """When the nightly flow starts distillation and retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    min_new_curated: int = Field(200, ge=1)
+    deployment_distill: str | None = None  # e.g. "distill/distill"; None = run in-process
+    deployment_retrain: str | None = None
+
+
+class Settings(BaseSettings):
+    """Pipeline settings; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMNIFER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=lambda: Path("~/.cache/omnifer").expanduser())
+    catalog_file: Path = Field(Path("data_catalog.yaml"), alias="OMNIFER_CATALOG")
+    catalog_root: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    sources: list[str] = Field(default_factory=list)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    selection: dict[str, Any] = Field(default_factory=dict)
+    retrain: RetrainTrigger = Field(default_factory=RetrainTrigger)
+
+    model_config["populate_by_name"] = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from pydantic_settings import YamlConfigSettingsSource
+
+        path = os.environ.get("OMNIFER_CONFIG") or "omnifer.yaml"
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+        return (init_settings, env_settings, yaml_source)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_file, root_override=self.catalog_root)
+
+    def selection_policy(self) -> Any:
+        from omnifer.selection import SelectionPolicy
+
+        return SelectionPolicy(**self.selection)
+
+
+def load_catalog(path: Path | str, root_override: str | None = None) -> Catalog:
+    """Read and validate ``data_catalog.yaml``; a relative local root hangs off its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"catalog file {path} not found: run from the repository root or set OMNIFER_CATALOG"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        catalog = Catalog(**raw)
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        first = str(exc).splitlines()[0:3]
+        raise ConfigError(f"invalid catalog {path}: {' '.join(first)}") from None
+    root = root_override or catalog.root
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    if not is_remote(root) and not Path(root).is_absolute():
+        root = str((path.parent / root).resolve())
+    missing = [n for n in DATASET_NAMES if n not in catalog.datasets]
+    if missing:
+        raise ConfigError(f"catalog {path} lacks datasets: {', '.join(missing)}")
+    return catalog.model_copy(update={"root": root})
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from YAML + environment, turned into one clear ConfigError when invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise ConfigError(f"invalid settings: {errors}") from None

@@ -1,0 +1,452 @@
+"""The nightly ingest stage as plain library functions: plan, process shards, select.
+
+Why shards and plans: a night's new objects are listed once and cut into shards of many
+images; the cut is written down (``_plans/ingest_date=D/plan-NNN.json``) before any work starts,
+so a rerun after a crash finds the same shards with the same ids, skips those whose marker
+(``_shards/ingest_date=D/<id>.json``) exists, and rewrites the others under the same file names.
+That is what makes "kill it and run it again" give exactly the rows of one clean run.
+
+A shard is processed in one call (read → sha256 → decode → detect → align → score) with the
+detector and model kept warm per worker (:class:`WorkerResources`). Every object becomes an
+``images`` row with a ``status`` and ``error``; nothing a single image does ends the shard.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pydantic import BaseModel, Field
+
+from omnifer import storage
+from omnifer.catalog import DataCatalog
+from omnifer.errors import DecodeError, OmniferError
+from omnifer.schemas import FACES, IMAGES, SCORES
+from omnifer.version import code_version
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = "ok"
+STATUS_NO_FACE = "no_face"
+STATUS_DUPLICATE = "duplicate"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class IngestParams(BaseModel):
+    """Everything that changes a shard's output; its fingerprint is part of the shard id."""
+
+    detector: str = "yunet"
+    min_det_score: float = 0.6
+    min_face_size: int = 32
+    max_side: int = 1280
+    max_pixels: int = 40_000_000
+    max_bytes: int = 50_000_000
+    crop_jpeg_quality: int = 95
+    score_batch_size: int = 128
+    model_version: str
+    model_uri: str
+
+    def fingerprint(self) -> str:
+        return _digest(self.model_dump())[:16]
+
+
+class ObjectRef(BaseModel):
+    source: int  # index into IngestPlan.sources
+    uri: str
+    size: int | None = None
+    version: str | None = None
+
+
+class ShardSpec(BaseModel):
+    shard_id: str
+    ingest_date: str
+    objects: list[ObjectRef]
+
+
+class IngestPlan(BaseModel):
+    plan_id: str
+    ingest_date: str
+    sources: list[dict[str, Any]]
+    params: IngestParams
+    shards: list[ShardSpec]
+    created_at: dt.datetime = Field(default_factory=_now)
+
+    @property
+    def n_objects(self) -> int:
+        return sum(len(s.objects) for s in self.shards)
+
+
+class ShardResult(BaseModel):
+    shard_id: str
+    skipped: bool = False
+    images: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+    faces: int = 0
+    seconds: float = 0.0
+
+
+# -- locations -------------------------------------------------------------------------------
+def _plan_dir(catalog: DataCatalog, date: str) -> str:
+    return catalog.aux_uri("_plans", f"ingest_date={date}")
+
+
+def _marker_uri(catalog: DataCatalog, date: str, shard_id: str) -> str:
+    return catalog.aux_uri("_shards", f"ingest_date={date}", f"{shard_id}.json")
+
+
+def shard_done(catalog: DataCatalog, shard: ShardSpec) -> ShardResult | None:
+    """The committed result of ``shard``, or None when it still has to run."""
+    uri = _marker_uri(catalog, shard.ingest_date, shard.shard_id)
+    if not storage.exists(uri):
+        return None
+    return ShardResult.model_validate_json(storage.read_bytes(uri))
+
+
+def load_plans(catalog: DataCatalog, date: str) -> list[IngestPlan]:
+    files = storage.list_files(_plan_dir(catalog, date), ".json")
+    return [IngestPlan.model_validate_json(storage.read_bytes(f)) for f in files]
+
+
+# -- planning --------------------------------------------------------------------------------
+def _seen_versions(catalog: DataCatalog) -> set[tuple[str, str | None]]:
+    table = catalog.read("images", columns=["source_uri", "source_version"])
+    return set(zip(table["source_uri"].to_pylist(), table["source_version"].to_pylist(),
+                   strict=True))
+
+
+def plan_ingest(
+    catalog: DataCatalog,
+    sources: list[Any],
+    ingest_date: str,
+    params: IngestParams,
+    shard_size: int = 256,
+) -> IngestPlan:
+    """The work of one night: resume an unfinished plan, else list what is new and cut it.
+
+    Objects whose (URI, ETag/mtime) are already in ``images`` are skipped without reading them.
+    A plan with no objects is returned but not written.
+    """
+    from omnifer.sources import list_objects
+
+    for plan in reversed(load_plans(catalog, ingest_date)):
+        if any(shard_done(catalog, s) is None for s in plan.shards):
+            log.info("resuming plan %s (%d shards)", plan.plan_id, len(plan.shards))
+            return plan
+        break
+    seen = _seen_versions(catalog)
+    objects: list[ObjectRef] = []
+    listed = 0
+    for index, spec in enumerate(sources):
+        for obj in list_objects(spec):
+            listed += 1
+            if (obj.uri, obj.version) in seen:
+                continue
+            objects.append(ObjectRef(source=index, uri=obj.uri, size=obj.size,
+                                     version=obj.version))
+    fp = params.fingerprint()
+    shards = []
+    for start in range(0, len(objects), shard_size):
+        chunk = objects[start : start + shard_size]
+        shard_id = _digest([fp, [o.model_dump() for o in chunk]])[:20]
+        shards.append(ShardSpec(shard_id=shard_id, ingest_date=ingest_date, objects=chunk))
+    existing = load_plans(catalog, ingest_date)
+    plan = IngestPlan(
+        plan_id=f"{ingest_date}-{len(existing) + 1:03d}",
+        ingest_date=ingest_date,
+        sources=[s.model_dump(mode="json") for s in sources],
+        params=params,
+        shards=shards,
+    )
+    log.info("listed %d objects, %d new, %d shards", listed, len(objects), len(shards))
+    if shards:
+        uri = _plan_dir(catalog, ingest_date) + f"/plan-{len(existing) + 1:03d}.json"
+        storage.write_bytes_atomic(uri, plan.model_dump_json(indent=1).encode())
+    return plan
+
+
+# -- warm per-worker resources -----------------------------------------------------------------
+class WorkerResources:
+    """Detectors (one per thread: OpenCV's are not thread-safe) and scorers (one per process).
+
+    Loaded on first use and kept for the life of the worker, so a shard never pays for
+    loading a model.
+    """
+
+    _local = threading.local()
+    _scorers: dict[str, Any] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def detector(cls, params: IngestParams) -> Any:
+        from omnifer.faces import create_detector
+
+        key = (params.detector, params.min_det_score, params.max_side)
+        cache = getattr(cls._local, "detectors", None)
+        if cache is None:
+            cache = cls._local.detectors = {}
+        if key not in cache:
+            cache[key] = create_detector(
+                params.detector, score_threshold=params.min_det_score, max_side=params.max_side
+            )
+        return cache[key]
+
+    @classmethod
+    def scorer(cls, params: IngestParams) -> Any:
+        from omnifer.model import load_checkpoint
+        from omnifer.registry import local_checkpoint
+        from omnifer.scoring import Scorer
+
+        key = f"{params.model_version}:{params.score_batch_size}"
+        with cls._lock:
+            if key not in cls._scorers:
+                path = local_checkpoint(params.model_uri, params.model_version)
+                cls._scorers[key] = Scorer(
+                    load_checkpoint(path), batch_size=params.score_batch_size
+                )
+            return cls._scorers[key]
+
+
+# -- processing one shard ----------------------------------------------------------------------
+def _seen_sha(catalog: DataCatalog, exclude_shard: str) -> set[str]:
+    """Content already ingested by other shards (a rerun of this shard must not see itself)."""
+    table = catalog.read(
+        "images",
+        columns=["sha256"],
+        filter=(ds.field("shard_id") != exclude_shard) & ds.field("sha256").is_valid(),
+    )
+    return set(table["sha256"].to_pylist())
+
+
+def process_shard(
+    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str
+) -> ShardResult:
+    """Decode, detect, align and score one shard, then commit it (images last, marker after).
+
+    Already committed → returns the committed result without doing anything.
+    """
+    from omnifer.decode import decode_image
+    from omnifer.faces import detect_and_align, face_id
+    from omnifer.sources import FetchError, read_object, source_from_dict
+
+    done = shard_done(catalog, shard)
+    if done is not None:
+        return done.model_copy(update={"skipped": True})
+    started = time.monotonic()
+    params = plan.params
+    detector = WorkerResources.detector(params)
+    sources = [source_from_dict(s) for s in plan.sources]
+    seen = _seen_sha(catalog, shard.shard_id)
+    stamp = {"run_id": run_id, "shard_id": shard.shard_id, "code_version": code_version(),
+             "created_at": _now()}
+    det = {"detector": detector.name, "detector_version": detector.version}
+
+    image_rows: list[dict[str, Any]] = []
+    face_rows: list[dict[str, Any]] = []
+    crops: list[np.ndarray] = []
+    for obj in shard.objects:
+        row: dict[str, Any] = {"source_uri": obj.uri, "source_version": obj.version,
+                               "n_faces": 0, **det, **stamp}
+        image_rows.append(row)
+        try:
+            data = read_object(sources[obj.source], obj, params.max_bytes)
+        except FetchError as exc:
+            row.update(status=exc.status, error=str(exc))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        row.update(sha256=sha, bytes=len(data))
+        if sha in seen:
+            row.update(status=STATUS_DUPLICATE, error="content already ingested")
+            continue
+        seen.add(sha)
+        try:
+            decoded = decode_image(data, max_pixels=params.max_pixels)
+        except DecodeError as exc:
+            row.update(status=exc.status, error=str(exc))
+            continue
+        row.update(width=decoded.width, height=decoded.height, format=decoded.format)
+        try:
+            faces = detect_and_align(decoded.image, detector,
+                                     min_face_size=params.min_face_size,
+                                     min_score=params.min_det_score)
+        except Exception as exc:  # a detector failure is one image's problem, not the night's
+            log.warning("detection failed on %s: %s", obj.uri, exc)
+            row.update(status="detect_failed", error=f"{type(exc).__name__}: {exc}")
+            continue
+        row.update(n_faces=len(faces), status=STATUS_OK if faces else STATUS_NO_FACE)
+        for face in faces:
+            bbox = np.asarray(face.detection.bbox, dtype=np.float32)
+            ok, jpeg = cv2.imencode(".jpg", face.crop,
+                                    [cv2.IMWRITE_JPEG_QUALITY, params.crop_jpeg_quality])
+            face_rows.append({
+                "face_id": face_id(sha, bbox),
+                "image_sha256": sha,
+                "source_uri": obj.uri,
+                "face_index": face.face_index,
+                "bbox": bbox.tolist(),
+                "landmarks5": np.asarray(face.detection.landmarks5, np.float32).ravel().tolist(),
+                "det_score": float(face.detection.score),
+                "face_size": float(min(bbox[2] - bbox[0], bbox[3] - bbox[1])),
+                "crop": jpeg.tobytes(),
+                **det,
+                **stamp,
+            })
+            crops.append(face.crop)
+
+    score_rows = _score_faces(params, face_rows, crops, stamp)
+    date = shard.ingest_date
+    name = f"part-{shard.shard_id}.parquet"
+    catalog.write("faces", name, pa.Table.from_pylist(face_rows, schema=FACES), ingest_date=date)
+    catalog.write("scores", name, pa.Table.from_pylist(score_rows, schema=SCORES),
+                  ingest_date=date)
+    catalog.write("images", name, pa.Table.from_pylist(image_rows, schema=IMAGES),
+                  ingest_date=date)
+    result = ShardResult(
+        shard_id=shard.shard_id,
+        images=len(image_rows),
+        by_status=dict(Counter(r["status"] for r in image_rows)),
+        faces=len(face_rows),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    storage.write_bytes_atomic(_marker_uri(catalog, date, shard.shard_id),
+                               result.model_dump_json().encode())
+    return result
+
+
+def _score_faces(
+    params: IngestParams, face_rows: list[dict[str, Any]], crops: list[np.ndarray],
+    stamp: dict[str, Any],
+) -> list[dict[str, Any]]:
+    if not crops:
+        return []
+    base = [{"face_id": f["face_id"], "model_version": params.model_version,
+             "det_score": f["det_score"], "face_size": f["face_size"], **stamp}
+            for f in face_rows]
+    try:
+        scorer = WorkerResources.scorer(params)
+        batch = scorer.score(np.stack(crops))
+    except OmniferError:
+        raise  # a missing/corrupt model is the run's problem: fail loudly, not per face
+    except Exception as exc:
+        log.warning("scoring failed for a shard: %s", exc)
+        return [{**b, "status": "score_failed", "error": f"{type(exc).__name__}: {exc}"}
+                for b in base]
+    classes = scorer.classes
+    rows = []
+    for i, b in enumerate(base):
+        label_index = int(batch.label[i])
+        rows.append({
+            **b,
+            "label": classes[label_index],
+            "label_index": label_index,
+            "probs": batch.probs[i].astype(np.float32).tolist(),
+            "confidence": float(batch.confidence[i]),
+            "margin": float(batch.margin[i]),
+            "entropy": float(batch.entropy[i]),
+            "flip_agreement": bool(batch.flip_agreement[i]),
+            "similarity": float(batch.similarity[i]),
+            "embedding": batch.embedding[i].astype(np.float32).tolist(),
+            "status": STATUS_OK,
+            "error": None,
+        })
+    return rows
+
+
+# -- selection -----------------------------------------------------------------------------------
+class CuratedResult(BaseModel):
+    curated_version: str
+    candidates: int
+    selected: int
+    per_class: dict[str, int]
+
+
+def curated_version_for(ingest_date: str, policy_json: str, model_version: str) -> str:
+    return f"{ingest_date}.{_digest([policy_json, model_version])[:8]}"
+
+
+def select_curated(
+    catalog: DataCatalog, ingest_date: str, policy: Any, model_version: str, run_id: str
+) -> CuratedResult:
+    """Apply the selection policy to the night's scores and commit the curated set.
+
+    Runs over the whole night (class balance and top-K are per night), after every shard is
+    committed. The file name comes from the curated version, so a rerun replaces, not adds.
+    """
+    from omnifer.selection import select_samples
+
+    flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
+    flt = flt & (ds.field("status") == STATUS_OK)
+    scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
+                                             "flip_agreement", "det_score", "face_size", "margin"],
+                          filter=flt)
+    # A face can only be curated once per night even if identical bytes came twice.
+    if scores.num_rows:
+        _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
+                             return_index=True)
+        scores = scores.take(pa.array(np.sort(first)))
+    policy_json = policy.to_json()
+    version = curated_version_for(ingest_date, policy_json, model_version)
+    selected = select_samples(scores, policy)
+    n = selected.num_rows
+    copies = selected["copies"] if "copies" in selected.column_names else pa.array([1] * n)
+    table = pa.table({
+        "face_id": selected["face_id"],
+        "curated_version": pa.array([version] * n),
+        "label": selected["label"],
+        "confidence": selected["confidence"],
+        "similarity": selected["similarity"],
+        "copies": pc.cast(copies, pa.int16()),
+        "policy": pa.array([policy_json] * n),
+        "model_version": pa.array([model_version] * n),
+        "run_id": pa.array([run_id] * n),
+        "shard_id": pa.array([None] * n, pa.string()),
+        "code_version": pa.array([code_version()] * n),
+        "created_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
+    })
+    catalog.write("curated", f"part-{version}.parquet", table, ingest_date=ingest_date)
+    per_class = dict(sorted(Counter(table["label"].to_pylist()).items()))
+    return CuratedResult(curated_version=version, candidates=scores.num_rows, selected=n,
+                         per_class=per_class)
+
+
+# -- summary -------------------------------------------------------------------------------------
+def summarize(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
+    """What the night produced, read back from the committed Parquet files."""
+    con = catalog.connect()
+    date = ingest_date.replace("'", "''")
+
+    def rows(sql: str) -> list[tuple]:
+        return con.execute(sql).fetchall()
+
+    by_status = dict(rows(f"SELECT status, count(*) FROM images WHERE ingest_date = '{date}' "
+                          "GROUP BY status ORDER BY status"))
+    faces = rows(f"SELECT count(*) FROM faces WHERE ingest_date = '{date}'")[0][0]
+    scored = rows(f"SELECT count(*) FROM scores WHERE ingest_date = '{date}'")[0][0]
+    per_class = dict(rows(f"SELECT label, count(*) FROM curated WHERE ingest_date = '{date}' "
+                          "GROUP BY label ORDER BY label"))
+    return {
+        "ingest_date": ingest_date,
+        "images": sum(by_status.values()),
+        "images_by_status": by_status,
+        "faces": faces,
+        "scored": scored,
+        "selected": sum(per_class.values()),
+        "selected_per_class": per_class,
+    }

@@ -1,0 +1,194 @@
+"""One URI scheme for local folders and S3, with atomic commits.
+
+Every read and write in the pipeline goes through here, so ``file://``/plain paths and
+``s3://`` behave the same (DESIGN: never ``open()`` a path that might be ``s3://``).
+
+Commit protocol: a file becomes visible all at once or not at all. Locally it is written under
+``<dataset>/_staging/`` and moved into place with ``os.replace`` (same file system, atomic);
+on S3 an object appears only when its upload completes. File names are derived from the
+shard's inputs, so a rerun rewrites the same names with the same rows instead of adding new
+ones. Dataset discovery skips names starting with ``_`` or ``.``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from omnifer.errors import StorageError
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("OMNIFER_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(5)}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "http")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """File system and in-filesystem path for ``uri`` (plain path, file:// or s3://)."""
+    if uri.startswith("s3://"):
+        region = os.environ.get("OMNIFER_S3_REGION") or os.environ.get("AWS_REGION", "us-east-1")
+        with _lock:
+            fs = _s3_filesystem(s3_endpoint(), region)
+        return fs, uri[len("s3://") :]
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    except (FileNotFoundError, OSError) as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from None
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file, or the whole new one."""
+    fs, path = resolve(uri)
+    try:
+        if _is_local(fs):
+            parent = Path(path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = parent / f".tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            with fs.open_output_stream(path) as fh:
+                fh.write(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from None
+
+
+def write_table_atomic(uri: str, table: pa.Table) -> None:
+    """Write one Parquet file atomically (zstd, row groups small enough to stream)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=4096)
+    fs, path = resolve(uri)
+    if not _is_local(fs):
+        write_bytes_atomic(uri, sink.getvalue())
+        return
+    # Local: stage inside the dataset's _staging folder (skipped by readers), then rename.
+    dataset_dir = Path(path).parent
+    while dataset_dir.name.count("=") and dataset_dir.parent != dataset_dir:
+        dataset_dir = dataset_dir.parent
+    staging = dataset_dir / "_staging"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f"{uuid.uuid4().hex}.parquet.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(sink.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from None
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """URIs of committed files under ``uri`` (recursive; skips ``_``/``.`` names)."""
+    fs, path = resolve(uri)
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    scheme = "s3://" if uri.startswith("s3://") else ""
+    out = []
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File or not info.path.endswith(suffix):
+            continue
+        rel = info.path[len(path) :].lstrip("/")
+        if any(part.startswith(("_", ".")) for part in rel.split("/")):
+            continue
+        out.append(scheme + info.path)
+    return sorted(out)
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def dataset(
+    uri: str, schema: pa.Schema | None = None, partition_cols: tuple[str, ...] = ()
+) -> ds.Dataset:
+    """A Parquet dataset over committed files (empty when none exist).
+
+    ``schema`` is the file schema; ``partition_cols`` are hive folder keys (``date=…``), typed
+    as strings so that ``2026-11-29`` stays the text it is in the path.
+    """
+    fs, path = resolve(uri)
+    files = [f.removeprefix("s3://") for f in list_files(uri, ".parquet")]
+    part_schema = pa.schema([(c, pa.string()) for c in partition_cols])
+    full = None
+    if schema is not None:
+        full = pa.schema(list(schema) + [f for f in part_schema if f.name not in schema.names])
+    if not files:
+        return ds.dataset(full.empty_table() if full is not None else pa.table({}))
+    return ds.dataset(
+        files,
+        filesystem=fs,
+        format="parquet",
+        partitioning=ds.partitioning(part_schema, flavor="hive") if partition_cols else None,
+        partition_base_dir=path,
+        schema=full,
+    )
+
+
+def read_table(
+    uri: str,
+    columns: list[str] | None = None,
+    filter: ds.Expression | None = None,
+    schema: pa.Schema | None = None,
+    partition_cols: tuple[str, ...] = (),
+) -> pa.Table:
+    """Read a dataset (or the subset ``columns``/``filter``) into memory."""
+    try:
+        return dataset(uri, schema, partition_cols).to_table(columns=columns, filter=filter)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot read dataset {uri}: {exc}") from None

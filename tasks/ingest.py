@@ -1,0 +1,52 @@
+"""Prefect tasks around the ingest stage: retries, names and logging, nothing else.
+
+Idempotence lives in the library (shard ids from inputs + parameters, commit markers), so the
+tasks carry ``NO_CACHE``: Prefect's own result cache would be a second, weaker copy of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from omnifer import ingest
+from omnifer.catalog import DataCatalog
+from tasks.logging import attach_prefect_logger
+
+
+@task(name="plan", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def plan_task(
+    catalog: DataCatalog, sources: list[Any], ingest_date: str, params: ingest.IngestParams,
+    shard_size: int,
+) -> ingest.IngestPlan:
+    attach_prefect_logger()
+    return ingest.plan_ingest(catalog, sources, ingest_date, params, shard_size)
+
+
+@task(
+    name="process-shard",
+    task_run_name="shard-{shard.shard_id}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    cache_policy=NO_CACHE,
+)
+def shard_task(
+    catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec, run_id: str
+) -> ingest.ShardResult:
+    attach_prefect_logger()
+    return ingest.process_shard(catalog, plan, shard, run_id)
+
+
+@task(name="select", retries=1, cache_policy=NO_CACHE)
+def select_task(
+    catalog: DataCatalog, ingest_date: str, policy: Any, model_version: str, run_id: str
+) -> ingest.CuratedResult:
+    attach_prefect_logger()
+    return ingest.select_curated(catalog, ingest_date, policy, model_version, run_id)
+
+
+@task(name="summarize", cache_policy=NO_CACHE)
+def summarize_task(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
+    return ingest.summarize(catalog, ingest_date)
