@@ -12,6 +12,7 @@ import datetime as dt
 import os
 from typing import Any
 
+from omnifer.sources import parse_source
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
@@ -23,7 +24,6 @@ from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
 from omnifer.errors import OmniferError
 from omnifer.registry import primitive_model
-from omnifer.sources import parse_source
 from tasks.ingest import plan_task, select_task, shard_task, summarize_task
 
 
@@ -79,10 +79,10 @@ def nightly_ingest(
             except Exception as exc:
                 logger.error("shard %s failed: %s", shard_id, exc)
                 failed.append(shard_id)
-    runs.stage(catalog, record, "shards", "failed" if failed else "completed", {
-        "shards": len(plan.shards), "done": len(results), "skipped": sum(r.skipped for r in results),
-        "failed": len(failed), "failed_ids": failed,
-    })
+    counts = {"shards": len(plan.shards), "done": len(results),
+              "skipped": sum(r.skipped for r in results), "failed": len(failed),
+              "failed_ids": failed}
+    runs.stage(catalog, record, "shards", "failed" if failed else "completed", counts)
 
     policy = settings.selection_policy()
     curated = select_task(catalog, ingest_date, policy, model_version, run_id)

@@ -110,9 +110,11 @@ class DataCatalog:
             con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "_arrow_{name}"')
             return
         cols = self.partition_cols(name)
-        hive = ", hive_partitioning = true, hive_types = {%s}" % ", ".join(
-            f"'{c}': 'VARCHAR'" for c in cols
-        ) if cols else ", hive_partitioning = false"
+        if cols:
+            types = ", ".join(f"'{c}': 'VARCHAR'" for c in cols)
+            hive = f", hive_partitioning = true, hive_types = {{{types}}}"
+        else:
+            hive = ", hive_partitioning = false"
         file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
         con.execute(
             f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({file_list}'

@@ -56,7 +56,8 @@ class Catalog(BaseModel):
     def uri(self, name: str) -> str:
         """Absolute URI of dataset ``name`` (relative URIs resolve under ``root``)."""
         if name not in self.datasets:
-            raise ConfigError(f"dataset '{name}' is not in the catalog ({', '.join(self.datasets)})")
+            known = ", ".join(self.datasets)
+            raise ConfigError(f"dataset '{name}' is not in the catalog ({known})")
         return join_uri(self.root, self.datasets[name].uri)
 
     def aux_uri(self, *parts: str) -> str:

@@ -149,7 +149,8 @@ def fetch(
         if dest.exists() and sha256_file(dest) == spec.sha256:
             result[name] = dest
             continue
-        mirrored = next((m / spec.filename for m in mirror_dirs() if (m / spec.filename).exists()), None)
+        candidates = (m / spec.filename for m in mirror_dirs())
+        mirrored = next((c for c in candidates if c.exists()), None)
         if mirrored is not None:
             result[name] = _install(mirrored, spec, dest_dir)
             log.info("model %s: copied from mirror %s", name, mirrored.parent)

@@ -12,14 +12,13 @@ import logging
 import os
 import sys
 
-from omnifer.cli._app import app, err_console
-from omnifer.errors import OmniferError
-
 # Importing a module registers its commands on ``app``.
 from omnifer.cli import data as _data  # noqa: E402,F401
+from omnifer.cli import distill as _distill  # noqa: E402,F401
 from omnifer.cli import model as _model  # noqa: E402,F401
 from omnifer.cli import synth as _synth  # noqa: E402,F401
-from omnifer.cli import distill as _distill  # noqa: E402,F401
+from omnifer.cli._app import app, err_console
+from omnifer.errors import OmniferError
 
 __all__ = ["app", "main"]
 

@@ -175,3 +175,18 @@ def runs_cmd(limit: int = typer.Option(20)) -> None:
         table.add_row(r["run_id"][:36], r["flow"], r["ingest_date"], r["state"], stages,
                       r["started_at"])
     console.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo"), help="Where the world and checkpoints go"),
+    seed: int = typer.Option(7),
+    labeled_per_class: int = typer.Option(40),
+    unlabeled_images: int = typer.Option(2000),
+    date: str = typer.Option(None, help="Ingest date; default today (UTC)"),
+) -> None:
+    """The whole pipeline on the embedded demo world (what `make demo` runs)."""
+    from flows.demo import run_demo
+
+    run_demo(out, seed=seed, labeled_per_class=labeled_per_class,
+             unlabeled_images=unlabeled_images, date=date)
