@@ -1,3 +1,213 @@
-"""CLI commands: model."""
+"""CLI commands: ``train``, ``score``, ``select``, ``evaluate`` (the primitive model).
 
-from omnifer.cli._app import app  # noqa: F401
+Thin shells over :func:`omnifer.train.train_model`, :class:`omnifer.scoring.Scorer`,
+:func:`omnifer.selection.select_samples` and :func:`omnifer.evaluate.evaluate_model`. All
+work on generic image-folder datasets (``ROOT/<class>/*.png``), not only faces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from omnifer.cli._app import app, console
+from omnifer.errors import DatasetError
+
+FORMAT_HELP = "rafdb | ferplus | affectnet | folder"
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset root (see --format)"),
+    fmt: str = typer.Option("folder", "--format", help=FORMAT_HELP),
+    out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
+    split: str = typer.Option("train", "--split", help="split to train on"),
+    val_data: Path | None = typer.Option(None, "--val-data",
+                                         help="validation set (same format); default: a "
+                                              "stratified part of the training split"),
+    extra: list[Path] = typer.Option([], "--extra",
+                                     help="extra image folder(s) ROOT/<class>/* (e.g. curated "
+                                          "pseudo-labeled faces); repeatable"),
+    config: Path | None = typer.Option(None, "--config", help="TrainConfig YAML"),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    seed: int | None = typer.Option(None, "--seed"),
+    arch: str | None = typer.Option(None, "--arch", help="registered architecture"),
+    input_size: int | None = typer.Option(None, "--input-size"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    balanced: bool | None = typer.Option(None, "--balanced/--no-balanced",
+                                         help="class-balanced sampling"),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto"),
+) -> None:
+    """Train a model on a labeled dataset; writes weights, prototypes and card.json."""
+    from omnifer.datasets import read_dataset, read_image_folder
+    from omnifer.train import load_train_config, train_model
+
+    cfg = load_train_config(config, epochs=epochs, seed=seed, arch=arch, input_size=input_size,
+                            batch_size=batch_size, lr=lr, balanced_sampling=balanced,
+                            device=device)
+    train = read_dataset(data, fmt, split, size=cfg.input_size)
+    val = (read_dataset(val_data, fmt, "test" if fmt != "ferplus" else "val",
+                        size=cfg.input_size, classes=train.classes) if val_data else None)
+    extras = [read_image_folder(p, size=cfg.input_size) for p in extra]
+    console.print(f"training {cfg.arch} on {len(train)} images {train.counts()}"
+                  + (f" + {sum(len(e) for e in extras)} extra" if extras else ""))
+    card = train_model(train, cfg, out, val=val, extra=extras)
+    m = card.metrics
+    console.print(f"saved {out}: best epoch {m.get('best_epoch')}, val accuracy "
+                  f"{m.get('val_accuracy', float('nan')):.3f}, {m.get('train_seconds')}s")
+
+
+def _image_files(root: Path) -> list[Path]:
+    from omnifer.datasets import IMAGE_EXTENSIONS, list_images
+
+    if root.is_file() and root.suffix.lower() in IMAGE_EXTENSIONS:
+        return [root]
+    if not root.is_dir():
+        raise DatasetError(f"{root} is neither an image nor a folder")
+    return list_images(root)
+
+
+@app.command("score")
+def score_cmd(
+    model: Path = typer.Option(..., "--model", help="checkpoint folder"),
+    images: Path = typer.Option(..., "--images", help="folder of images (any layout) or one"),
+    out: Path = typer.Option(..., "--out", help="scores .parquet to write"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Score every image under a folder: one row per image (face_id = relative path)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from omnifer.datasets import read_image, resize_images
+    from omnifer.model import load_checkpoint
+    from omnifer.progress import track
+    from omnifer.scoring import Scorer
+
+    scorer = Scorer(load_checkpoint(model), batch_size=batch_size, device=device)
+    files = _image_files(images)
+    if not files:
+        raise DatasetError(f"no images under {images}")
+    base = images if images.is_dir() else images.parent
+    version = scorer.loaded.card.version_hint
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer: pq.ParquetWriter | None = None
+    counts = {"ok": 0, "corrupt": 0}
+    try:
+        chunks = range(0, len(files), batch_size)
+        for start in track(chunks, "score", total=len(chunks), unit="batch"):
+            chunk = files[start : start + batch_size]
+            ids = [p.relative_to(base).as_posix() for p in chunk]
+            imgs = [read_image(p) for p in chunk]
+            ok = [i for i, im in enumerate(imgs) if im is not None]
+            bad = [i for i, im in enumerate(imgs) if im is None]
+            counts["ok"] += len(ok)
+            counts["corrupt"] += len(bad)
+            parts = []
+            if ok:
+                size = scorer.loaded.card.input_size
+                batch = np.stack([resize_images(imgs[i][None], size)[0] for i in ok])
+                t = scorer.score(batch).to_arrow([ids[i] for i in ok])
+                t = t.append_column("status", pa.array(["ok"] * len(ok)))
+                t = t.append_column("error", pa.array([None] * len(ok), pa.string()))
+                parts.append(t)
+            if bad:
+                schema = parts[0].schema if parts else None
+                rows = [{"face_id": ids[i], "status": "corrupt",
+                         "error": "missing or undecodable image"} for i in bad]
+                parts.append(pa.Table.from_pylist(rows, schema=schema) if schema
+                             else pa.Table.from_pylist(rows))
+            table = pa.concat_tables(parts, promote_options="default")
+            table = table.append_column("model_version", pa.array([version] * table.num_rows))
+            if writer is None:
+                writer = pq.ParquetWriter(str(tmp), table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+            writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    console.print(f"scored {counts['ok']} images ({counts['corrupt']} unreadable) -> {out}")
+
+
+@app.command("select")
+def select_cmd(
+    scores: Path = typer.Option(..., "--scores", help="scores .parquet"),
+    out: Path = typer.Option(..., "--out", help="curated .parquet to write"),
+    policy: Path | None = typer.Option(None, "--policy", help="SelectionPolicy YAML/JSON"),
+    min_confidence: float | None = typer.Option(None, "--min-confidence"),
+    min_similarity: float | None = typer.Option(None, "--min-similarity"),
+    top_k: int | None = typer.Option(None, "--top-k", help="top K per class"),
+    duplicate: bool | None = typer.Option(None, "--duplicate/--no-duplicate",
+                                          help="fill scarce classes up to K with copies"),
+    flip: bool | None = typer.Option(None, "--require-flip/--no-require-flip"),
+) -> None:
+    """Keep reliable pseudo-labeled rows; writes them with ``copies`` and ``policy`` (JSON)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from omnifer.selection import load_policy, select_samples, selection_report
+
+    pol = load_policy(policy, min_confidence=min_confidence, min_similarity=min_similarity,
+                      top_k_per_class=top_k, duplicate_to_k=duplicate,
+                      require_flip_agreement=flip)
+    if not scores.is_file():
+        raise DatasetError(f"scores file {scores} not found")
+    try:
+        table = pq.read_table(scores)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DatasetError(f"cannot read {scores}: {exc}") from None
+    selected = select_samples(table, pol)
+    selected = selected.append_column("policy", pa.array([pol.to_json()] * selected.num_rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    pq.write_table(selected, tmp)
+    os.replace(tmp, out)
+    report = selection_report(table, pol)
+    view = Table(*report.column_names, title=f"selection  {pol.to_json()}")
+    for row in report.to_pylist():
+        view.add_row(*(str(v) for v in row.values()))
+    console.print(view)
+    console.print(f"kept {selected.num_rows} of {table.num_rows} rows -> {out}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="checkpoint folder"),
+    data: Path = typer.Option(..., "--data", help="dataset root (see --format)"),
+    fmt: str = typer.Option("folder", "--format", help=FORMAT_HELP),
+    split: str = typer.Option("test", "--split"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the metrics here"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Accuracy, mean per-class accuracy and the confusion matrix on a labeled set."""
+    from omnifer.datasets import read_dataset
+    from omnifer.evaluate import evaluate_model
+    from omnifer.model import load_checkpoint
+
+    loaded = load_checkpoint(model)
+    test = read_dataset(data, fmt, split, size=loaded.card.input_size, classes=loaded.classes)
+    m = evaluate_model(loaded, test, device=device)
+    classes = m["classes"]
+    view = Table("true \\ predicted", *classes, "n", "accuracy",
+                 title=f"{model} on {data} ({split})")
+    for i, c in enumerate(classes):
+        acc = m["per_class_accuracy"][c]
+        view.add_row(c, *(str(v) for v in m["confusion"][i]), str(m["support"][c]),
+                     "-" if acc is None else f"{acc:.3f}")
+    console.print(view)
+    console.print(f"accuracy {m['accuracy']:.4f}   mean per-class accuracy "
+                  f"{m['mean_class_accuracy']:.4f}   n={m['n']}")
+    if json_out:
+        json_out.write_text(json.dumps(m, indent=2, sort_keys=True))
+

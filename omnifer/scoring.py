@@ -1,0 +1,172 @@
+"""Score face crops with the primitive model (batched, flip TTA, bounded memory).
+
+Per face (:class:`ScoreBatch`, arrays of length N):
+
+* ``probs`` (N, C) float32: mean of softmax(image) and softmax(horizontally flipped image)
+* ``label`` (N,) int64 argmax of ``probs``; ``confidence`` its probability; ``margin`` top-1
+  minus top-2 probability; ``entropy`` of ``probs`` in nats
+* ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image)
+* ``embedding`` (N, D) float32: mean of the two views' pooled features, minus the labeled
+  set's mean feature (``center``), L2-normalised
+* ``similarity`` (N,) float32: cosine of ``embedding`` to the prototype of the predicted class
+  (the feature-wise similarity of the paper; 0 when that class had no labeled images)
+
+Build one :class:`Scorer` per worker and keep it: the model stays loaded (and warm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from omnifer.model import LoadedModel
+
+
+@dataclass
+class ScoreBatch:
+    probs: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray
+    margin: np.ndarray
+    entropy: np.ndarray
+    flip_agreement: np.ndarray
+    embedding: np.ndarray
+    similarity: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.classes[i] for i in self.label]
+
+    @classmethod
+    def concat(cls, batches: Sequence[ScoreBatch], classes: Sequence[str] = ()) -> ScoreBatch:
+        """Join batches; with no batches, an empty one (``classes`` says which)."""
+        if not batches:
+            c = len(classes)
+            return cls(np.zeros((0, c), np.float32), np.zeros(0, np.int64),
+                       *(np.zeros(0, np.float32) for _ in range(3)), np.zeros(0, bool),
+                       np.zeros((0, 0), np.float32), np.zeros(0, np.float32), tuple(classes))
+        fields = ("probs", "label", "confidence", "margin", "entropy", "flip_agreement",
+                  "embedding", "similarity")
+        return cls(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in fields},
+                   classes=batches[0].classes)
+
+    def to_arrow(self, face_ids: Sequence[str] | None = None) -> pa.Table:
+        """A table with the ``scores`` dataset's score columns (plus ``face_id`` if given)."""
+        n, c = self.probs.shape
+        d = self.embedding.shape[1] if self.embedding.ndim == 2 else 0
+        cols: dict[str, pa.Array] = {}
+        if face_ids is not None:
+            if len(face_ids) != n:
+                raise ValueError(f"{len(face_ids)} face ids for {n} scores")
+            cols["face_id"] = pa.array(list(face_ids), pa.string())
+        cols.update({
+            "label": pa.array(self.label_names, pa.string()),
+            "label_index": pa.array(self.label.astype(np.int16), pa.int16()),
+            "probs": _list_array(self.probs, c),
+            "confidence": pa.array(self.confidence.astype(np.float32)),
+            "margin": pa.array(self.margin.astype(np.float32)),
+            "entropy": pa.array(self.entropy.astype(np.float32)),
+            "flip_agreement": pa.array(self.flip_agreement.astype(bool)),
+            "similarity": pa.array(self.similarity.astype(np.float32)),
+            "embedding": _list_array(self.embedding, d),
+        })
+        return pa.table(cols)
+
+
+def _list_array(values: np.ndarray, width: int) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (len(values) + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+@torch.inference_mode()
+def forward_tta(
+    model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """One pass over image and flipped image: (probs, pred, pred_flip, embedding, features).
+
+    ``probs`` is the mean of the two softmaxes; ``features`` the mean of the two views'
+    pooled features and ``embedding`` those minus ``center``, L2-normalised. Used by the
+    scorer and for the prototypes at training time, so both sides of the similarity are
+    computed the same way.
+    """
+    n = x.shape[0]
+    feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]))
+    logits = model.classify(feats)
+    p = logits.float().softmax(dim=1)
+    probs = (p[:n] + p[n:]) / 2
+    feat = (feats[:n] + feats[n:]).float() / 2
+    emb = F.normalize(feat - center if center is not None else feat, dim=1)
+    return probs, p[:n].argmax(1), p[n:].argmax(1), emb, feat
+
+
+class Scorer:
+    """Keeps a loaded model on a device and scores crops in batches of ``batch_size``."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 256,
+                 device: str | torch.device | None = None) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.loaded = loaded
+        self.model = loaded.model.to(self.device).eval()
+        self.prototypes = loaded.prototypes.to(self.device)
+        self.center = loaded.center.to(self.device)
+        self.batch_size = max(1, int(batch_size))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.loaded.classes
+
+    def _score_one(self, crops: np.ndarray) -> ScoreBatch:
+        x = self.loaded.preprocess(crops, self.device)
+        probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center)
+        top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+        label = probs.argmax(dim=1)
+        margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else top2[:, 0]
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+        sim = (emb * self.prototypes[label]).sum(dim=1)
+
+        def np32(t: torch.Tensor) -> np.ndarray:
+            return t.float().cpu().numpy().astype(np.float32)
+
+        return ScoreBatch(np32(probs), label.cpu().numpy().astype(np.int64), np32(top2[:, 0]),
+                          np32(margin), np32(entropy), (pred == pred_flip).cpu().numpy(),
+                          np32(emb), np32(sim), self.classes)
+
+    def score(self, crops: np.ndarray) -> ScoreBatch:
+        """Score (N, H, W, 3) uint8 BGR crops (any size; resized to the model's input)."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+            raise ValueError(f"expected N×H×W×3 uint8 crops, got {crops.shape} {crops.dtype}")
+        parts = [self._score_one(crops[i : i + self.batch_size])
+                 for i in range(0, len(crops), self.batch_size)]
+        return ScoreBatch.concat(parts, self.classes)
+
+    def score_iter(self, crops: Iterable[np.ndarray]) -> Iterator[ScoreBatch]:
+        """Stream single H×W×3 crops; yields one :class:`ScoreBatch` per ``batch_size`` crops.
+
+        Crops of different sizes are resized to the model's input as they arrive.
+        """
+        size = self.loaded.card.input_size
+        buf: list[np.ndarray] = []
+        for crop in crops:
+            if crop.shape[:2] != (size, size):
+                from omnifer.datasets import resize_images
+
+                crop = resize_images(crop[None], size)[0]
+            buf.append(crop)
+            if len(buf) == self.batch_size:
+                yield self._score_one(np.stack(buf))
+                buf = []
+        if buf:
+            yield self._score_one(np.stack(buf))

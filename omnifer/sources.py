@@ -1,0 +1,658 @@
+"""Where unlabeled images come from: local folders, S3 prefixes, URL manifests.
+
+A source is a small pydantic spec (JSON-serialisable, so a plan can write it down and a worker
+on another machine can rebuild it with :func:`source_from_dict`). Two operations:
+
+* :func:`list_objects` streams :class:`SourceObject` rows (stable ``uri``, ``size``,
+  ``version``) in a deterministic order, so the same source lists the same plan twice;
+* :func:`read_object` returns an object's bytes, or raises :class:`FetchError` whose
+  ``status`` the caller records on the image row (failures are data, not crashes).
+
+Status vocabulary: ``missing`` (gone since listing, 404), ``unreadable`` (permissions),
+``too_large`` (over ``max_bytes``; stopped reading there), ``fetch_failed`` (network/server
+errors after bounded retries, too many redirects), ``forbidden_url`` (a scheme or address the
+source does not allow, or a path outside the source's root).
+
+Safety choices:
+
+* URIs written to datasets never carry credentials: userinfo and query parameters named like
+  tokens/signatures/keys are stripped (:func:`strip_credentials`). A worker that needs the
+  credentialed URL looks it up in the manifest again (once per process).
+* URL fetching uses the standard library's ``http.client`` rather than ``requests`` (no extra
+  dependency, and the connection is made to the very address that was checked): every hop's
+  host is resolved and *all* its addresses must be public unless ``allow_private``; redirects
+  are followed by hand (each hop re-checked, at most ``max_redirects``); bodies are streamed
+  and cut at ``max_bytes``; each attempt has a deadline; 5xx/connection errors are retried
+  ``retries`` times with exponential backoff. Environment proxies are not used.
+* S3 goes through one boto3 client per (process, endpoint, region), created lazily, with
+  botocore's "standard" retry mode (retries 500/503/SlowDown with backoff, bounded attempts).
+  Credentials come from boto3's usual chain and are never logged.
+* Local sources skip hidden files and refuse symlinks that point outside their root.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from omnifer.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+)
+"""Default file-name filter for folders and buckets (case-insensitive)."""
+
+USER_AGENT = "omnifer/0.1 (+data curation crawler)"
+
+
+class FetchError(SourceError):
+    """One object could not be read; ``status`` is the image row's status."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- specs -----------------------------------------------------------------------------------
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Listed(_Spec):
+    """A source whose object names are filtered by suffix (case-insensitive)."""
+
+    extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _dotted_lower(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else value
+        return tuple("." + str(e).lower().lstrip(".") for e in items)
+
+
+class LocalSource(_Listed):
+    """Files under ``root`` whose relative POSIX path matches ``pattern`` (glob: ``*`` stays
+    within one folder, ``**/`` spans any number of folders) and whose suffix is in
+    ``extensions`` (None: any)."""
+
+    kind: Literal["local"] = "local"
+    root: str
+    pattern: str = "**/*"
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+    def __str__(self) -> str:
+        return Path(self.root).as_uri()
+
+
+class S3Source(_Listed):
+    """Objects under ``s3://bucket/prefix``. ``endpoint_url``/``region`` default to
+    ``$OMNIFER_S3_ENDPOINT_URL`` (or ``$AWS_ENDPOINT_URL``) and boto3's own resolution."""
+
+    kind: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    retries: int = Field(4, ge=0, le=10)  # botocore standard mode: attempts = retries + 1
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+class UrlManifestSource(_Spec):
+    """URLs in column ``column`` of a CSV or Parquet file (local path or ``s3://``)."""
+
+    kind: Literal["urls"] = "urls"
+    manifest: str = Field(min_length=1)
+    column: str = "url"
+    allow_private: bool = False
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    max_bytes: int | None = Field(None, ge=1)  # a tighter cap than the caller's, if set
+    timeout_s: float = Field(30.0, gt=0)
+    max_redirects: int = Field(3, ge=0, le=20)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+
+    @field_validator("manifest")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            return value
+        if value.startswith("file://"):
+            value = url2pathname(urlsplit(value).path)
+        return str(Path(value).expanduser().resolve())
+
+    def __str__(self) -> str:
+        return f"urls:{self.manifest}"
+
+
+SourceSpec = Annotated[LocalSource | S3Source | UrlManifestSource, Field(discriminator="kind")]
+_SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceSpec)
+
+
+def source_from_dict(raw: dict[str, Any]) -> LocalSource | S3Source | UrlManifestSource:
+    """Rebuild a spec from ``model_dump(mode="json")`` output (plans store sources that way)."""
+    try:
+        return _SPEC_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise SourceError(f"invalid source {raw!r}: {exc.errors()[0]['msg']}") from None
+
+
+def parse_source(text: str) -> LocalSource | S3Source | UrlManifestSource:
+    """``/path``, ``relative/path``, ``file:///path``, ``s3://bucket/prefix`` (read as a
+    folder: ``prefix/``), ``urls:manifest.csv`` (or ``urls:s3://b/m.parquet``), or a JSON
+    object with ``kind`` for the options these short forms leave at their defaults."""
+    text = text.strip()
+    raw: dict[str, Any]
+    if text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"source is not valid JSON: {exc}") from None
+    elif text.startswith("urls:"):
+        raw = {"kind": "urls", "manifest": text[len("urls:") :]}
+    elif text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        raw = {"kind": "s3", "bucket": bucket, "prefix": prefix}
+    elif text.startswith("file://"):
+        raw = {"kind": "local", "root": url2pathname(urlsplit(text).path)}
+    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        raise SourceError(
+            f"unsupported source {strip_credentials(text)!r}: use a folder, s3://bucket/prefix "
+            "or urls:<manifest.csv|parquet> (single URLs go in a manifest)"
+        )
+    elif text:
+        raw = {"kind": "local", "root": text}
+    else:
+        raise SourceError("empty source")
+    return source_from_dict(raw)
+
+
+# -- objects ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceObject:
+    """One listed object. ``version`` is the S3 ETag or the file's mtime_ns (None for URLs)."""
+
+    uri: str
+    size: int | None = None
+    version: str | None = None
+
+
+class _ObjectLike(Protocol):
+    uri: str
+    size: int | None
+
+
+def list_objects(spec: LocalSource | S3Source | UrlManifestSource) -> Iterator[SourceObject]:
+    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable."""
+    if isinstance(spec, LocalSource):
+        return _list_local(spec)
+    if isinstance(spec, S3Source):
+        return _list_s3(spec)
+    if isinstance(spec, UrlManifestSource):
+        return _list_urls(spec)
+    raise SourceError(f"not a source spec: {type(spec).__name__}")
+
+
+def read_object(
+    spec: LocalSource | S3Source | UrlManifestSource, obj: _ObjectLike, max_bytes: int
+) -> bytes:
+    """Bytes of ``obj`` (anything with ``uri`` and ``size``), at most ``max_bytes``.
+
+    Raises FetchError(status, message); never reads more than ``max_bytes + 1`` bytes.
+    """
+    if isinstance(spec, LocalSource):
+        return _read_local(spec, obj, max_bytes)
+    if isinstance(spec, S3Source):
+        return _read_s3(spec, obj, max_bytes)
+    if isinstance(spec, UrlManifestSource):
+        cap = min(max_bytes, spec.max_bytes or max_bytes)
+        return _fetch_url(spec, _manifest_originals(spec).get(obj.uri, obj.uri), cap)
+    raise SourceError(f"not a source spec: {type(spec).__name__}")
+
+
+def _too_large(uri: str, size: int | None, max_bytes: int) -> FetchError:
+    shown = f"{size} bytes" if size is not None else "more bytes"
+    return FetchError("too_large", f"{uri}: {shown} > max_bytes {max_bytes}")
+
+
+# -- local -----------------------------------------------------------------------------------
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob → regex on POSIX relative paths: ``**/`` = any folders, ``*``/``?`` within one."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            ch = pattern[i]
+            out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _list_local(spec: LocalSource) -> Iterator[SourceObject]:
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise SourceError(f"source folder {root} does not exist or is not a folder")
+    regex = _glob_regex(spec.pattern)
+    exts = spec.extensions
+    # os.walk with sorted names streams in a fixed order without holding the whole tree.
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or (exts is not None and not name.lower().endswith(exts)):
+                continue
+            path = Path(folder, name)
+            rel = path.relative_to(root).as_posix()
+            if not regex.match(rel):
+                continue
+            if path.is_symlink() and not _inside(path.resolve(), root):
+                log.warning("skipping %s: symlink points outside %s", path, root)
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # vanished or dangling link: not an object
+            yield SourceObject(path.as_uri(), st.st_size, str(st.st_mtime_ns))
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        return Path(url2pathname(urlsplit(uri).path))
+    return Path(uri)
+
+
+def _read_local(spec: LocalSource, obj: _ObjectLike, max_bytes: int) -> bytes:
+    root = Path(spec.root)
+    path = _local_path(obj.uri)
+    try:
+        real = path.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        raise FetchError("missing", f"{obj.uri}: no such file") from None
+    except OSError as exc:
+        raise FetchError("unreadable", f"{obj.uri}: {exc.strerror or exc}") from None
+    if not _inside(Path(os.path.abspath(path)), root) or not _inside(real, root):
+        raise FetchError("forbidden_url", f"{obj.uri} is outside the source folder {root}")
+    try:
+        with open(real, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise _too_large(obj.uri, size, max_bytes)
+            data = fh.read(max_bytes + 1)
+    except FetchError:
+        raise
+    except FileNotFoundError:
+        raise FetchError("missing", f"{obj.uri}: no such file") from None
+    except OSError as exc:  # permissions, a folder, I/O errors
+        raise FetchError("unreadable", f"{obj.uri}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:  # grew since stat
+        raise _too_large(obj.uri, None, max_bytes)
+    return data
+
+
+# -- S3 --------------------------------------------------------------------------------------
+_client_lock = threading.Lock()
+_S3_PAGE_SIZE = 1000  # the S3 maximum; fewer round trips per listing
+
+
+def _s3_settings(spec: S3Source) -> tuple[str | None, str | None]:
+    endpoint = (
+        spec.endpoint_url
+        or os.environ.get("OMNIFER_S3_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    return endpoint, spec.region or os.environ.get("OMNIFER_S3_REGION")
+
+
+def s3_client(endpoint_url: str | None, region: str | None, retries: int = 4) -> Any:
+    """The process's boto3 S3 client for this endpoint/region (clients are thread-safe;
+    sessions are not, so creation is locked). Keyed by pid so a forked worker makes its own."""
+    with _client_lock:
+        return _make_s3_client(os.getpid(), endpoint_url, region, retries)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_s3_client(pid: int, endpoint_url: str | None, region: str | None, retries: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": retries + 1},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _client_for(spec: S3Source) -> Any:
+    endpoint, region = _s3_settings(spec)
+    return s3_client(endpoint, region, spec.retries)
+
+
+def _s3_error(exc: Exception) -> tuple[str, str]:
+    """(code, one-line message) of a botocore error, without credentials or request ids."""
+    response = getattr(exc, "response", None) or {}
+    err = response.get("Error", {})
+    code = str(err.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+               or type(exc).__name__)
+    return code, f"{code}: {err.get('Message') or exc}"
+
+
+def _list_s3(spec: S3Source) -> Iterator[SourceObject]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = _client_for(spec)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=spec.bucket, Prefix=spec.prefix, PaginationConfig={"PageSize": _S3_PAGE_SIZE}
+    )
+    exts = spec.extensions
+    try:
+        for page in pages:  # S3 returns keys in UTF-8 binary order: deterministic
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if key.endswith("/") or (exts is not None and not key.lower().endswith(exts)):
+                    continue
+                etag = str(item.get("ETag", "")).strip('"') or None
+                yield SourceObject(f"s3://{spec.bucket}/{key}", int(item["Size"]), etag)
+    except (ClientError, BotoCoreError) as exc:
+        raise SourceError(f"cannot list {spec}: {_s3_error(exc)[1]}") from None
+
+
+def _read_s3(spec: S3Source, obj: _ObjectLike, max_bytes: int) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = f"s3://{spec.bucket}/"
+    if not obj.uri.startswith(prefix + spec.prefix):
+        raise FetchError("forbidden_url", f"{obj.uri} is not under {spec}")
+    if obj.size is not None and obj.size > max_bytes:
+        raise _too_large(obj.uri, obj.size, max_bytes)
+    try:
+        resp = _client_for(spec).get_object(Bucket=spec.bucket, Key=obj.uri[len(prefix) :])
+        length = resp.get("ContentLength")
+        if length is not None and length > max_bytes:
+            resp["Body"].close()
+            raise _too_large(obj.uri, length, max_bytes)
+        with resp["Body"] as body:
+            data = body.read(max_bytes + 1)
+    except ClientError as exc:
+        code, message = _s3_error(exc)
+        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
+            raise FetchError("missing", f"{obj.uri}: {message}") from None
+        if code in ("AccessDenied", "403", "Forbidden"):
+            raise FetchError("unreadable", f"{obj.uri}: {message}") from None
+        # botocore's text says "(reached max retries: N)" when the retry budget ran out
+        raise FetchError("fetch_failed", f"{obj.uri}: {exc}") from None
+    except BotoCoreError as exc:
+        raise FetchError("fetch_failed", f"{obj.uri}: {type(exc).__name__}: {exc}") from None
+    if len(data) > max_bytes:
+        raise _too_large(obj.uri, None, max_bytes)
+    return data
+
+
+# -- URL manifests ---------------------------------------------------------------------------
+_SENSITIVE_PARAM = re.compile(
+    r"(?:^|[_\-.])(?:token|signature|sig|secret|password|passwd|pwd|credential|key|apikey|"
+    r"auth|session)$|^(?:awsaccesskeyid|key-pair-id|policy)$",
+    re.IGNORECASE,
+)
+
+
+def strip_credentials(uri: str) -> str:
+    """``uri`` without userinfo, fragment, or query parameters named like credentials
+    (token, signature, key, secret, password, X-Amz-Credential, ...).
+
+    The result is what datasets store, so it must be both secret-free and stable (a presigned
+    URL's signature changes every night; the stripped URL does not)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # malformed (e.g. a broken IPv6 host): keep only what is surely safe
+        return re.sub(r"^([^:/?#]+://)[^/?#]*@", r"\1", uri).split("?")[0].split("#")[0]
+    netloc = parts.netloc.rpartition("@")[2]
+    kept = [p for p in parts.query.split("&")
+            if p and not _SENSITIVE_PARAM.search(unquote(p.partition("=")[0]))]
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(kept), ""))
+
+
+def _iter_manifest(spec: UrlManifestSource) -> Iterator[str]:
+    """The manifest's URL column, streamed in file order (blank cells skipped)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from omnifer import storage
+
+    fs, path = storage.resolve(spec.manifest)
+    try:
+        if spec.manifest.lower().endswith((".parquet", ".pq")):
+            parquet = pq.ParquetFile(fs.open_input_file(path))
+            if spec.column not in parquet.schema_arrow.names:
+                raise KeyError(f"no column '{spec.column}'")
+            batches = parquet.iter_batches(columns=[spec.column])
+        else:
+            convert = pacsv.ConvertOptions(include_columns=[spec.column],
+                                           column_types={spec.column: "string"})
+            batches = pacsv.open_csv(fs.open_input_stream(path), convert_options=convert)
+        for batch in batches:
+            for value in batch.column(0).to_pylist():
+                if value and str(value).strip():
+                    yield str(value).strip()
+    except (OSError, KeyError, ValueError) as exc:  # pyarrow raises ArrowInvalid (ValueError)
+        raise SourceError(f"cannot read manifest {spec.manifest} "
+                          f"(column '{spec.column}'): {exc}") from None
+
+
+def _list_urls(spec: UrlManifestSource) -> Iterator[SourceObject]:
+    for url in _iter_manifest(spec):
+        yield SourceObject(strip_credentials(url))
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_originals(spec: UrlManifestSource) -> dict[str, str]:
+    """Stripped URI → original URL, only for rows that carried credentials (usually none).
+
+    Read once per process. A manifest that can no longer be read is not fatal here: its
+    URLs are fetched as stored (a credentialed one then fails with its own row status)."""
+    mapping: dict[str, str] = {}
+    try:
+        for url in _iter_manifest(spec):
+            clean = strip_credentials(url)
+            if clean != url:
+                mapping[clean] = url
+    except SourceError as exc:
+        log.warning("fetching URLs without credential lookup: %s", exc)
+    return mapping
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class _Refused(Exception):
+    """An address the source does not allow (turned into ``forbidden_url``)."""
+
+
+def _guarded_connect(allow_private: bool) -> Callable[..., socket.socket]:
+    """A ``create_connection`` that resolves the host, checks *every* address, and connects
+    to a checked one, so DNS cannot answer differently between the check and the connect."""
+
+    def connect(address: tuple[str, int], timeout: Any = None, source_address: Any = None,
+                **_: Any) -> socket.socket:
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not allow_private:
+            bad = sorted({info[4][0] for info in infos if not _is_public(info[4][0])})
+            if bad:
+                raise _Refused(f"{host} resolves to non-public address {', '.join(bad)}")
+        last: OSError | None = None
+        for family, socktype, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, socktype, proto)
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last or OSError(f"cannot connect to {host}")
+
+    return connect
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificate-verifying TLS settings, built once (loading the CA store takes ms)."""
+    return ssl.create_default_context()
+
+
+def _connection(url: str, spec: UrlManifestSource) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=spec.timeout_s,
+            context=_tls_context(),
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port,
+                                          timeout=spec.timeout_s)
+    conn._create_connection = _guarded_connect(spec.allow_private)  # type: ignore[attr-defined]
+    return conn
+
+
+_URL_SAFE = "/:@!$&'()*+,;=%~"  # keep what is already encoded or reserved; quote the rest
+
+
+class _Retryable(Exception):
+    """A server error or a broken connection: worth another attempt."""
+
+
+def _fetch_url(spec: UrlManifestSource, url: str, max_bytes: int) -> bytes:
+    """GET ``url`` with checked hops, bounded redirects, a byte cap and bounded retries."""
+    shown = strip_credentials(url)
+    for attempt in range(spec.retries + 1):
+        try:
+            return _fetch_once(spec, url, shown, max_bytes)
+        except _Retryable as exc:
+            if attempt == spec.retries:
+                raise FetchError("fetch_failed", f"{shown}: {exc} (after {attempt + 1} "
+                                 "attempts)") from None
+            delay = min(spec.backoff_s * 2**attempt, 30.0)
+            log.info("retrying %s in %.2fs: %s", shown, delay, exc)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _fetch_once(spec: UrlManifestSource, url: str, shown: str, max_bytes: int) -> bytes:
+    deadline = time.monotonic() + spec.timeout_s
+    for _hop in range(spec.max_redirects + 1):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as exc:
+            raise FetchError("forbidden_url", f"{strip_credentials(url)}: {exc}") from None
+        if parts.scheme not in spec.allowed_schemes or parts.scheme not in ("http", "https"):
+            raise FetchError("forbidden_url", f"{strip_credentials(url)}: scheme "
+                             f"'{parts.scheme}' not allowed")
+        if not parts.hostname:
+            raise FetchError("forbidden_url", f"{strip_credentials(url)}: no host")
+        headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"}
+        if parts.username is not None:  # credentials from the manifest go in a header
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+        path = quote(parts.path or "/", safe=_URL_SAFE)
+        if parts.query:
+            path += "?" + quote(parts.query, safe=_URL_SAFE + "?")
+        conn = _connection(url, spec)
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.getheader("Location")
+                if not location:
+                    raise FetchError("fetch_failed", f"{shown}: {resp.status} without Location")
+                next_url = urljoin(url, location)
+                if urlsplit(next_url).netloc != parts.netloc:
+                    # never forward manifest credentials to another host
+                    next_url = strip_credentials(next_url)
+                url = next_url
+                continue
+            if resp.status >= 500 or resp.status == 429:
+                raise _Retryable(f"HTTP {resp.status}")
+            if resp.status in (404, 410):
+                raise FetchError("missing", f"{shown}: HTTP {resp.status}")
+            if resp.status != 200:
+                raise FetchError("fetch_failed", f"{shown}: HTTP {resp.status}")
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise _too_large(shown, int(length), max_bytes)
+            return _read_capped(resp, shown, max_bytes, deadline)
+        except _Refused as exc:
+            raise FetchError("forbidden_url", f"{shown}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, DNS failures
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+    raise FetchError("fetch_failed", f"{shown}: more than {spec.max_redirects} redirects")
+
+
+def _read_capped(resp: http.client.HTTPResponse, shown: str, max_bytes: int,
+                 deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise _Retryable("timed out while reading the body")
+        chunk = resp.read(min(65536, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(shown, None, max_bytes)
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "FetchError", "LocalSource", "S3Source", "SourceObject", "SourceSpec",
+    "UrlManifestSource", "list_objects", "parse_source", "read_object", "s3_client",
+    "source_from_dict", "strip_credentials",
+]
