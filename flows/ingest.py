@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from typing import Any
 
-from omnifer.sources import parse_source
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,6 +23,7 @@ from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
 from omnifer.errors import OmniferError
 from omnifer.registry import primitive_model
+from omnifer.sources import parse_source
 from tasks.ingest import plan_task, select_task, shard_task, summarize_task
 
 
@@ -71,7 +71,10 @@ def nightly_ingest(
         while pending and len(in_flight) < workers:
             shard = pending.pop(0)
             in_flight[shard_task.submit(catalog, plan, shard, run_id)] = shard.shard_id
-        done, _ = wait(list(in_flight), return_when="FIRST_COMPLETED")
+        done = [f for f in in_flight if f.state.is_final()]
+        if not done:
+            time.sleep(0.05)
+            continue
         for fut in done:
             shard_id = in_flight.pop(fut)
             try:
