@@ -56,13 +56,12 @@ def run_demo(
     date: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the figures it printed (used by the end-to-end test)."""
+    from flows.ingest import nightly_ingest
     from omnifer.datasets import read_rafdb
     from omnifer.evaluate import evaluate_model
     from omnifer.model import load_checkpoint
     from omnifer.synth import generate_world
     from omnifer.train import TrainConfig, train_model
-
-    from flows.ingest import nightly_ingest
     from omnifer.truth import label_precision, load_truth, match_faces
 
     out = Path(out).resolve()
