@@ -22,8 +22,11 @@ def omnifer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from omnifer import modelfiles
 
     home = tmp_path_factory.mktemp("omnifer_home")
-    if not os.environ.get("OMNIFER_MODEL_MIRROR") and DEFAULT_MIRROR.exists():
-        os.environ["OMNIFER_MODEL_MIRROR"] = str(DEFAULT_MIRROR)
+    # Mirrors: the configured ones, ../shared/models, and the user's cache that
+    # 'make setup' (omnifer models fetch) has just filled.
+    mirrors = [m for m in os.environ.get("OMNIFER_MODEL_MIRROR", "").split(os.pathsep) if m]
+    mirrors += [str(DEFAULT_MIRROR), str(modelfiles.models_dir())]
+    os.environ["OMNIFER_MODEL_MIRROR"] = os.pathsep.join(mirrors)
     modelfiles.fetch(home=home, download=False)
     os.environ["OMNIFER_HOME"] = str(home)
     return home
