@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import time
@@ -910,7 +911,10 @@ def generate_world(
             for fn, args, n in jobs:
                 yield n, fn(args)
             return
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # spawn, not fork: forking a process that runs threads (a Prefect server, torch)
+        # can deadlock the children on a lock held at fork time.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = [(pool.submit(fn, args), n) for fn, args, n in jobs]
             for fut, n in futures:
                 yield n, fut.result()

@@ -32,7 +32,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory, omnifer_home: Path) ->
 
     out = tmp_path_factory.mktemp("world")
     generate_world(out, seed=3, labeled_per_class=6, test_per_class=2, unlabeled_images=40,
-                   workers=2)
+                   workers=1)
     return out
 
 
