@@ -153,7 +153,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(
     assert proc.returncode == 0, out[-3000:]
     assert _rows(crashed) == _rows(clean)
     for name, rows in _rows(crashed).items():
-        assert len(rows) == len(set(rows)), f"duplicate rows in {name}"
+        assert len(rows) == len({repr(r) for r in rows}), f"duplicate rows in {name}"
 
 
 def test_ingest_from_s3_into_an_s3_catalog(
