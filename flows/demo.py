@@ -98,7 +98,8 @@ def run_demo(
     _step("3/5 register and promote the primitive model")
     if registry.history(catalog, "v1") is None:
         scalar = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        registry.register_model(catalog, ckpt, "v1", metrics=scalar,
+        # The full evaluation (confusion matrix included: the run report draws it).
+        registry.register_model(catalog, ckpt, "v1", metrics=metrics,
                                 train_datasets={"demo-labeled": f"seed{seed}"})
         registry.record_event(catalog, "v1", "promoted", scalar)
     version, uri = registry.primitive_model(catalog)
@@ -125,6 +126,10 @@ def run_demo(
     print(f"   curated pseudo-labels right: {prec['precision']:.3f} of {prec['evaluated']} "
           f"(the primitive model alone: {metrics['accuracy']:.3f} on the labeled test split)")
     _where_to_look(catalog, out)
+    if summary.get("report"):
+        figures["report"] = summary["report"]
+        print("\n== Run report (open it in a browser; `omnifer report` writes it again)")
+        print(f"   {summary['report']}")
     return figures
 
 

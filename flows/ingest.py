@@ -15,16 +15,21 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.distill import distill_flow
+from flows.retrain import retrain_flow
 from omnifer import ingest, runs
 from omnifer.catalog import DataCatalog
-from omnifer.config import load_settings
+from omnifer.config import RetrainSettings, load_settings
 from omnifer.errors import OmniferError
+from omnifer.progress import Meter
 from omnifer.registry import primitive_model
 from omnifer.sources import parse_source
 from tasks.ingest import plan_task, select_task, shard_task, summarize_task
+from tasks.report import report_task
 
 
 def _configure_threads(workers: int) -> None:
@@ -39,8 +44,12 @@ def nightly_ingest(
     sources: list[str] | None = None,
     shard_size: int | None = None,
     workers: int | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ingest what is new in ``sources`` for ``date`` (default: today, UTC)."""
+    """Ingest what is new in ``sources`` for ``date`` (default: today, UTC).
+
+    ``retrain``: overrides of the ``retrain`` settings for this run (e.g. ``{"enabled": true}``).
+    """
     logger = get_run_logger()
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
@@ -67,24 +76,30 @@ def nightly_ingest(
     failed: list[str] = []
     pending = list(plan.shards)
     in_flight: dict[Any, str] = {}
-    while pending or in_flight:
-        while pending and len(in_flight) < workers:
-            shard = pending.pop(0)
-            in_flight[shard_task.submit(catalog, plan, shard, run_id)] = shard.shard_id
-        done = [f for f in in_flight if f.state.is_final()]
-        if not done:
-            time.sleep(0.05)
-            continue
-        for fut in done:
-            shard_id = in_flight.pop(fut)
-            try:
-                results.append(fut.result())
-            except Exception as exc:
-                logger.error("shard %s failed: %s", shard_id, exc)
-                failed.append(shard_id)
+    sizes = {s.shard_id: len(s.objects) for s in plan.shards}
+    # A shard needs the plan's id, sources and params, not its other shards: Prefect walks
+    # every task argument (twice per task), and the whole plan made that O(objects) per shard.
+    task_plan = plan.model_copy(update={"shards": []})
+    with Meter(f"ingest {ingest_date}", plan.n_objects, "img") as meter:
+        while pending or in_flight:
+            while pending and len(in_flight) < workers:
+                shard = pending.pop(0)
+                in_flight[shard_task.submit(catalog, task_plan, shard, run_id)] = shard.shard_id
+            done = [f for f in in_flight if f.state.is_final()]
+            if not done:
+                time.sleep(0.05)
+                continue
+            for fut in done:
+                shard_id = in_flight.pop(fut)
+                try:
+                    results.append(fut.result())
+                except Exception as exc:
+                    logger.error("shard %s failed: %s", shard_id, exc)
+                    failed.append(shard_id)
+                meter.advance(sizes[shard_id])
     counts = {"shards": len(plan.shards), "done": len(results),
               "skipped": sum(r.skipped for r in results), "failed": len(failed),
-              "failed_ids": failed}
+              "failed_ids": failed, "ran_ids": [r.shard_id for r in results if not r.skipped]}
     runs.stage(catalog, record, "shards", "failed" if failed else "completed", counts)
 
     policy = settings.selection_policy()
@@ -93,14 +108,64 @@ def nightly_ingest(
     summary = summarize_task(catalog, ingest_date)
     summary.update(run_id=run_id, plan_id=plan.plan_id, model_version=model_version,
                    curated_version=curated.curated_version, failed_shards=failed)
+    retrain_error = None
+    if not failed:
+        trigger = trigger_retraining(catalog, settings.retrain_settings(retrain), retrain)
+        summary["retraining"] = trigger
+        retrain_error = trigger.get("error")
+        runs.stage(catalog, record, "retrain-trigger", "failed" if retrain_error else
+                   ("triggered" if trigger.get("triggered") else "skipped"), trigger)
     runs.finish(catalog, record, "failed" if failed else "completed", summary)
+    try:  # the night's data is committed: a report that fails must not fail the night
+        summary["report"] = report_task(catalog, run_id)
+        runs.stage(catalog, record, "report", "completed", {"uri": summary["report"]})
+    except Exception as exc:
+        logger.error("run report failed: %s", exc)
     create_markdown_artifact(key="nightly-summary", markdown=summary_markdown(summary),
                              description=f"omnifer nightly ingest {ingest_date}")
     logger.info("summary: %s", summary)
     if failed:
         raise OmniferError(f"{len(failed)} shard(s) failed: {', '.join(failed)}; "
                            "rerun to finish them (committed shards are skipped)")
+    if retrain_error:
+        raise OmniferError(f"ingest committed, but distillation/retraining failed: {retrain_error}")
     return summary
+
+
+def trigger_retraining(catalog: DataCatalog, rs: RetrainSettings,
+                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start distill → retrain when enough curated rows are not distilled yet.
+
+    With deployments configured the runs go to the ``gpu`` pool (``run_deployment``, not
+    awaited: a CPU worker must not wait on GPU work); otherwise they run here as subflows.
+    """
+    from omnifer.curated import undistilled_rows
+
+    new_rows = undistilled_rows(catalog)
+    info: dict[str, Any] = {"enabled": rs.enabled, "new_curated": new_rows,
+                            "min_new_curated": rs.min_new_curated, "triggered": False}
+    if not rs.enabled or new_rows < rs.min_new_curated:
+        return info
+    info["triggered"] = True
+    try:
+        if rs.recipe == "curated":  # nothing to distil: straight to retraining
+            if rs.deployment_retrain:
+                run = run_deployment(name=rs.deployment_retrain,
+                                     parameters={"retrain": overrides}, timeout=0)
+                info["retrain_flow_run"] = str(run.id)
+            else:
+                info["retrain"] = retrain_flow(retrain=overrides)
+        elif rs.deployment_distill:
+            run = run_deployment(name=rs.deployment_distill,
+                                 parameters={"then_retrain": True, "retrain": overrides},
+                                 timeout=0)
+            info["distill_flow_run"] = str(run.id)
+        else:
+            info.update(distill_flow(then_retrain=True, retrain=overrides))
+    except Exception as exc:  # the night's data is committed; report, then fail the run
+        get_run_logger().error("distill/retrain failed: %s", exc)
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -111,4 +176,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {k} | {v} |" for k, v in summary["images_by_status"].items()]
     lines += ["", "| class | selected |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["selected_per_class"].items()]
+    if summary.get("report"):
+        lines += ["", f"Run report (charts, sample faces, model): `{summary['report']}` "
+                  "(see the `nightly-report` link artifact)"]
     return "\n".join(lines)

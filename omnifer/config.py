@@ -97,15 +97,39 @@ class IngestSettings(BaseModel):
     score_batch_size: int = Field(128, ge=1)
 
 
-class RetrainTrigger(BaseModel):
-    """When the nightly flow starts distillation and retraining."""
+class LabeledSpec(BaseModel):
+    """The labeled dataset a retrain starts from; its test split decides promotion."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
-    min_new_curated: int = Field(200, ge=1)
+    path: str | None = None
+    format: str = "rafdb"  # rafdb | ferplus | affectnet | folder
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+class RetrainSettings(BaseModel):
+    """Distillation and retraining: what they learn from, and when the nightly flow starts them.
+
+    ``recipe``: what is added to the labeled set (``distilled`` is the paper's cheap path,
+    ``curated`` the full mined set, ``all`` both). ``train`` / ``distill`` override fields of
+    :class:`omnifer.train.TrainConfig` / :class:`omnifer.distill.DistillConfig`, so CPU test
+    runs can use tiny settings and GPU workers the full ones. A new model is promoted only
+    when its test accuracy beats the current primitive model's by more than ``min_gain``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # the nightly flow triggers distill → retrain
+    min_new_curated: int = Field(200, ge=1)  # …when this many curated rows are not distilled yet
     deployment_distill: str | None = None  # e.g. "distill/distill"; None = run in-process
-    deployment_retrain: str | None = None
+    deployment_retrain: str | None = None  # e.g. "retrain/retrain"; None = run in-process
+    recipe: Literal["curated", "distilled", "all"] = "distilled"
+    labeled: LabeledSpec = Field(default_factory=LabeledSpec)
+    train: dict[str, Any] = Field(default_factory=lambda: {"device": "auto"})
+    distill: dict[str, Any] = Field(default_factory=dict)
+    distilled_copies: int = Field(1, ge=1)  # each distilled image counts this many times
+    min_gain: float = Field(0.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -125,7 +149,7 @@ class Settings(BaseSettings):
     sources: list[str] = Field(default_factory=list)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     selection: dict[str, Any] = Field(default_factory=dict)
-    retrain: RetrainTrigger = Field(default_factory=RetrainTrigger)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     model_config["populate_by_name"] = True
 
@@ -147,6 +171,16 @@ class Settings(BaseSettings):
     @cached_property
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_file, root_override=self.catalog_root)
+
+    def retrain_settings(self, overrides: dict[str, Any] | None = None) -> RetrainSettings:
+        """``retrain`` with a run's overrides (top-level keys replace), validated."""
+        try:
+            return RetrainSettings.model_validate({**self.retrain.model_dump(),
+                                                   **(overrides or {})})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"invalid retrain settings: {'.'.join(map(str, err['loc']))}: "
+                              f"{err['msg']}") from None
 
     def selection_policy(self) -> Any:
         from omnifer.selection import SelectionPolicy

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from omnifer import storage
 from omnifer.catalog import DataCatalog
-from omnifer.errors import DecodeError, OmniferError
+from omnifer.errors import DecodeError, OmniferError, SourceError
 from omnifer.schemas import FACES, IMAGES, SCORES
 from omnifer.version import code_version
 
@@ -143,14 +143,27 @@ def plan_ingest(
 
     Objects whose (URI, ETag/mtime) are already in ``images`` are skipped without reading them.
     A plan with no objects is returned but not written.
+
+    Overlapping runs (two nightly runs started at once on one catalog) are made safe by
+    *idempotent commits*, not by a lock: the plan number is fixed before listing (the count
+    of plans seen at the start, plus one) and the plan file is created exclusively
+    (:func:`omnifer.storage.create_exclusive`: ``os.link`` locally, ``If-None-Match: *`` on
+    S3). The run that loses the race adopts the winner's plan instead of writing its own, so
+    both process the same shards, and a shard's files have fixed names with the same rows:
+    whichever run commits last, each object has one row. Why not a lease: a SIGKILLed holder
+    leaves it behind, and taking over a stale lease needs clocks and compare-and-swap; why
+    not a Prefect concurrency limit: the library (CLI, notebooks) must be safe without
+    Prefect. The price of overlap is repeated work, never repeated rows.
     """
     from omnifer.sources import list_objects
 
-    for plan in reversed(load_plans(catalog, ingest_date)):
+    plans = load_plans(catalog, ingest_date)
+    for plan in reversed(plans):
         if any(shard_done(catalog, s) is None for s in plan.shards):
             log.info("resuming plan %s (%d shards)", plan.plan_id, len(plan.shards))
             return plan
         break
+    number = len(plans) + 1
     seen = _seen_versions(catalog)
     objects: list[ObjectRef] = []
     listed = 0
@@ -167,9 +180,8 @@ def plan_ingest(
         chunk = objects[start : start + shard_size]
         shard_id = _digest([fp, [o.model_dump() for o in chunk]])[:20]
         shards.append(ShardSpec(shard_id=shard_id, ingest_date=ingest_date, objects=chunk))
-    existing = load_plans(catalog, ingest_date)
     plan = IngestPlan(
-        plan_id=f"{ingest_date}-{len(existing) + 1:03d}",
+        plan_id=f"{ingest_date}-{number:03d}",
         ingest_date=ingest_date,
         sources=[s.model_dump(mode="json") for s in sources],
         params=params,
@@ -177,8 +189,11 @@ def plan_ingest(
     )
     log.info("listed %d objects, %d new, %d shards", listed, len(objects), len(shards))
     if shards:
-        uri = _plan_dir(catalog, ingest_date) + f"/plan-{len(existing) + 1:03d}.json"
-        storage.write_bytes_atomic(uri, plan.model_dump_json(indent=1).encode())
+        uri = _plan_dir(catalog, ingest_date) + f"/plan-{number:03d}.json"
+        if not storage.create_exclusive(uri, plan.model_dump_json(indent=1).encode()):
+            # Another run created this plan while we were listing: do its plan, not ours.
+            plan = IngestPlan.model_validate_json(storage.read_bytes(uri))
+            log.info("plan %s was created by an overlapping run; adopting it", plan.plan_id)
     return plan
 
 
@@ -225,14 +240,69 @@ class WorkerResources:
 
 
 # -- processing one shard ----------------------------------------------------------------------
-def _seen_sha(catalog: DataCatalog, exclude_shard: str) -> set[str]:
-    """Content already ingested by other shards (a rerun of this shard must not see itself)."""
-    table = catalog.read(
-        "images",
-        columns=["sha256"],
-        filter=(ds.field("shard_id") != exclude_shard) & ds.field("sha256").is_valid(),
-    )
-    return set(table["sha256"].to_pylist())
+class _SeenIndex:
+    """Which shard owns each content hash: read from ``images`` once per plan per process.
+
+    Why: reading the whole ``sha256`` column at the start of every shard cost O(catalog) per
+    shard, and the catalog grows every night; and shards of one plan running side by side did
+    not see each other's content until it was committed. Here the column is read once, when
+    the plan's first shard starts in this process, and the shards of the plan then *claim*
+    new content in memory: the first shard to read some bytes keeps them, the others mark
+    them ``duplicate``. As before, a rerun of a shard does not see its own committed rows;
+    ``duplicate`` rows own nothing (so a shard that died after claiming content gets it back
+    on its rerun). Shards of one plan in *other* processes only see each other's commits from
+    before the index was read.
+    """
+
+    _MANY = "\0many"  # content committed by two or more shards: seen by every shard
+    _lock = threading.Lock()
+    _indexes: dict[tuple[str, str], _SeenIndex] = {}
+
+    def __init__(self, catalog: DataCatalog) -> None:
+        table = catalog.read("images", columns=["sha256", "shard_id"],
+                             filter=ds.field("sha256").is_valid()
+                             & (ds.field("status") != STATUS_DUPLICATE))
+        owners: dict[str, str] = {}
+        for sha, shard in zip(table["sha256"].to_pylist(), table["shard_id"].to_pylist(),
+                              strict=True):
+            prev = owners.setdefault(sha, shard or self._MANY)
+            if prev != shard:
+                owners[sha] = self._MANY
+        self._owners = owners
+        self._claim_lock = threading.Lock()
+
+    @classmethod
+    def for_plan(cls, catalog: DataCatalog, plan_id: str) -> _SeenIndex:
+        key = (catalog.uri("images"), plan_id)
+        with cls._lock:
+            index = cls._indexes.get(key)
+            if index is None:
+                while len(cls._indexes) >= 2:  # a long-lived worker keeps only recent plans
+                    cls._indexes.pop(next(iter(cls._indexes)))
+                index = cls._indexes[key] = cls(catalog)
+            return index
+
+    def claim(self, sha: str, shard_id: str) -> bool:
+        """True when another shard owns ``sha``; else ``shard_id`` owns it from now on."""
+        with self._claim_lock:
+            return self._owners.setdefault(sha, shard_id) != shard_id
+
+
+class _ShardSeen:
+    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims."""
+
+    def __init__(self, index: _SeenIndex, shard_id: str) -> None:
+        self._index, self._shard_id = index, shard_id
+        self._mine: set[str] = set()  # the same bytes twice in one shard: the 2nd is a dup
+
+    def __contains__(self, sha: object) -> bool:
+        if sha in self._mine:
+            return True
+        self._mine.add(str(sha))
+        return self._index.claim(str(sha), self._shard_id)
+
+    def add(self, sha: str) -> None:
+        """Nothing to do: the membership test has claimed ``sha`` already."""
 
 
 def process_shard(
@@ -242,9 +312,7 @@ def process_shard(
 
     Already committed → returns the committed result without doing anything.
     """
-    from omnifer.decode import decode_image
-    from omnifer.faces import detect_and_align, face_id
-    from omnifer.sources import FetchError, read_object, source_from_dict
+    from omnifer.sources import source_from_dict
 
     done = shard_done(catalog, shard)
     if done is not None:
@@ -253,64 +321,21 @@ def process_shard(
     params = plan.params
     detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    seen = _seen_sha(catalog, shard.shard_id)
+    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan.plan_id), shard.shard_id)
     stamp = {"run_id": run_id, "shard_id": shard.shard_id, "code_version": code_version(),
              "created_at": _now()}
-    det = {"detector": detector.name, "detector_version": detector.version}
 
     image_rows: list[dict[str, Any]] = []
     face_rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     for obj in shard.objects:
-        row: dict[str, Any] = {"source_uri": obj.uri, "source_version": obj.version,
-                               "n_faces": 0, **det, **stamp}
+        row, faces, obj_crops = process_object(obj, sources[obj.source], params, detector,
+                                               seen, stamp)
         image_rows.append(row)
-        try:
-            data = read_object(sources[obj.source], obj, params.max_bytes)
-        except FetchError as exc:
-            row.update(status=exc.status, error=str(exc))
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        row.update(sha256=sha, bytes=len(data))
-        if sha in seen:
-            row.update(status=STATUS_DUPLICATE, error="content already ingested")
-            continue
-        seen.add(sha)
-        try:
-            decoded = decode_image(data, max_pixels=params.max_pixels)
-        except DecodeError as exc:
-            row.update(status=exc.status, error=str(exc))
-            continue
-        row.update(width=decoded.width, height=decoded.height, format=decoded.format)
-        try:
-            faces = detect_and_align(decoded.image, detector,
-                                     min_face_size=params.min_face_size,
-                                     min_score=params.min_det_score)
-        except Exception as exc:  # a detector failure is one image's problem, not the night's
-            log.warning("detection failed on %s: %s", obj.uri, exc)
-            row.update(status="detect_failed", error=f"{type(exc).__name__}: {exc}")
-            continue
-        row.update(n_faces=len(faces), status=STATUS_OK if faces else STATUS_NO_FACE)
-        for face in faces:
-            bbox = np.asarray(face.detection.bbox, dtype=np.float32)
-            ok, jpeg = cv2.imencode(".jpg", face.crop,
-                                    [cv2.IMWRITE_JPEG_QUALITY, params.crop_jpeg_quality])
-            face_rows.append({
-                "face_id": face_id(sha, bbox),
-                "image_sha256": sha,
-                "source_uri": obj.uri,
-                "face_index": face.face_index,
-                "bbox": bbox.tolist(),
-                "landmarks5": np.asarray(face.detection.landmarks5, np.float32).ravel().tolist(),
-                "det_score": float(face.detection.score),
-                "face_size": float(min(bbox[2] - bbox[0], bbox[3] - bbox[1])),
-                "crop": jpeg.tobytes(),
-                **det,
-                **stamp,
-            })
-            crops.append(face.crop)
+        face_rows.extend(faces)
+        crops.extend(obj_crops)
 
-    score_rows = _score_faces(params, face_rows, crops, stamp)
+    score_rows = score_faces(params, face_rows, crops, stamp)
     date = shard.ingest_date
     name = f"part-{shard.shard_id}.parquet"
     catalog.write("faces", name, pa.Table.from_pylist(face_rows, schema=FACES), ingest_date=date)
@@ -330,10 +355,82 @@ def process_shard(
     return result
 
 
-def _score_faces(
+def process_object(
+    obj: ObjectRef, source: Any, params: IngestParams, detector: Any,
+    seen: set[str] | _ShardSeen, stamp: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
+    """One source object → its ``images`` row, its face rows and their crops (unscored).
+
+    Shared by :func:`process_shard` and ``omnifer.retry`` so that a retried image gets exactly
+    the rows a clean run would have given it. ``seen`` holds content already ingested (a new
+    sha256 is added to it; ``process_shard`` passes a :class:`_ShardSeen`, whose membership
+    test claims the content); ``stamp`` holds the provenance columns every row carries.
+    """
+    from omnifer.decode import decode_image
+    from omnifer.faces import detect_and_align, face_id
+    from omnifer.sources import FetchError, read_object
+
+    det = {"detector": detector.name, "detector_version": detector.version}
+    row: dict[str, Any] = {"source_uri": obj.uri, "source_version": obj.version,
+                           "n_faces": 0, **det, **stamp}
+    face_rows: list[dict[str, Any]] = []
+    crops: list[np.ndarray] = []
+    try:
+        data = read_object(source, obj, params.max_bytes)
+    except FetchError as exc:
+        if exc.transient:  # the store is down, not the object: fail the shard, rerun reads it
+            raise SourceError(f"source unavailable after retries, shard not committed: {exc}"
+                              ) from None
+        row.update(status=exc.status, error=str(exc))
+        return row, face_rows, crops
+    sha = hashlib.sha256(data).hexdigest()
+    row.update(sha256=sha, bytes=len(data))
+    if sha in seen:
+        row.update(status=STATUS_DUPLICATE, error="content already ingested")
+        return row, face_rows, crops
+    seen.add(sha)
+    try:
+        decoded = decode_image(data, max_pixels=params.max_pixels)
+    except DecodeError as exc:
+        row.update(status=exc.status, error=str(exc))
+        return row, face_rows, crops
+    row.update(width=decoded.width, height=decoded.height, format=decoded.format)
+    try:
+        faces = detect_and_align(decoded.image, detector,
+                                 min_face_size=params.min_face_size,
+                                 min_score=params.min_det_score)
+    except Exception as exc:  # a detector failure is one image's problem, not the night's
+        log.warning("detection failed on %s: %s", obj.uri, exc)
+        row.update(status="detect_failed", error=f"{type(exc).__name__}: {exc}")
+        return row, face_rows, crops
+    row.update(n_faces=len(faces), status=STATUS_OK if faces else STATUS_NO_FACE)
+    for face in faces:
+        bbox = np.asarray(face.detection.bbox, dtype=np.float32)
+        ok, jpeg = cv2.imencode(".jpg", face.crop,
+                                [cv2.IMWRITE_JPEG_QUALITY, params.crop_jpeg_quality])
+        face_rows.append({
+            "face_id": face_id(sha, bbox),
+            "image_sha256": sha,
+            "source_uri": obj.uri,
+            "face_index": face.face_index,
+            "bbox": bbox.tolist(),
+            "landmarks5": np.asarray(face.detection.landmarks5, np.float32).ravel().tolist(),
+            "det_score": float(face.detection.score),
+            "face_size": float(min(bbox[2] - bbox[0], bbox[3] - bbox[1])),
+            "crop": jpeg.tobytes(),
+            **det,
+            **stamp,
+        })
+        crops.append(face.crop)
+    return row, face_rows, crops
+
+
+def score_faces(
     params: IngestParams, face_rows: list[dict[str, Any]], crops: list[np.ndarray],
     stamp: dict[str, Any],
 ) -> list[dict[str, Any]]:
+    """Score rows for ``face_rows`` (their ``crops`` in the same order); a scorer failure
+    becomes ``score_failed`` rows, a missing model raises."""
     if not crops:
         return []
     base = [{"face_id": f["face_id"], "model_version": params.model_version,

@@ -17,7 +17,7 @@ from omnifer.catalog import DataCatalog
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _uri(catalog: DataCatalog, run_id: str) -> str:

@@ -26,26 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-29"
 
 
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory: pytest.TempPathFactory, omnifer_home: Path) -> Path:
-    from omnifer.synth import generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, seed=3, labeled_per_class=6, test_per_class=2, unlabeled_images=40,
-                   workers=1)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_model(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from omnifer.datasets import read_rafdb
-    from omnifer.train import TrainConfig, train_model
-
-    out = tmp_path_factory.mktemp("model") / "v1"
-    train_model(read_rafdb(small_world / "labeled", "train"), TrainConfig(epochs=2, seed=0), out)
-    return out
-
-
 def _promote(catalog: DataCatalog, model: Path) -> None:
     registry.register_model(catalog, model, "v1", metrics={"accuracy": 0.5})
     registry.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})

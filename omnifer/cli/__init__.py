@@ -16,6 +16,9 @@ import sys
 from omnifer.cli import data as _data  # noqa: E402,F401
 from omnifer.cli import distill as _distill  # noqa: E402,F401
 from omnifer.cli import model as _model  # noqa: E402,F401
+from omnifer.cli import ops as _ops  # noqa: E402,F401
+from omnifer.cli import report as _report  # noqa: E402,F401
+from omnifer.cli import retrain as _retrain  # noqa: E402,F401
 from omnifer.cli import synth as _synth  # noqa: E402,F401
 from omnifer.cli._app import app, err_console
 from omnifer.errors import OmniferError
@@ -29,8 +32,10 @@ def main() -> None:
         level=os.environ.get("OMNIFER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Prefect's client logs every API request at INFO: noise between the progress lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         app()
     except OmniferError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line
         sys.exit(exc.exit_code)

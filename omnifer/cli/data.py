@@ -161,20 +161,11 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"faces: {summary['faces']}   scored: {summary['scored']}   "
                   f"selected: {summary['selected']}  {summary['selected_per_class']}")
+    if summary.get("report"):
+        print(f"report: {summary['report']}")  # plain: a path rich must not wrap
 
 
-@app.command("runs")
-def runs_cmd(limit: int = typer.Option(20)) -> None:
-    """Recent flow runs with each stage's state and counts."""
-    from omnifer import runs
-    from omnifer.catalog import DataCatalog
-
-    table = Table("run", "flow", "date", "state", "stages", "started")
-    for r in runs.list_runs(DataCatalog.from_settings(), limit):
-        stages = ", ".join(f"{k}:{v['state']}" for k, v in r.get("stages", {}).items())
-        table.add_row(r["run_id"][:36], r["flow"], r["ingest_date"], r["state"], stages,
-                      r["started_at"])
-    console.print(table)
+# `omnifer runs`, `rerun`, `retry-failed`: omnifer/cli/ops.py
 
 
 @app.command("demo")

@@ -84,6 +84,31 @@ def run(
                   f"{result.wall_time_s:.1f}s → {parquet} and {len(grids)} grids")
 
 
+@distill_app.command("curated")
+def curated_cmd(
+    curated_version: list[str] = typer.Option([], "--curated-version",
+                                              help="repeatable; default: the current ones"),
+    method: str | None = typer.Option(None, "--method", help="dm | gm"),
+    ipc: int | None = typer.Option(None, "--ipc", help="images per class"),
+    iterations: int | None = typer.Option(None, "--iterations"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Distil the catalog's curated set into the ``distilled`` dataset (+ PNG grids)."""
+    from omnifer.catalog import DataCatalog
+    from omnifer.config import load_settings
+    from omnifer.distill_stage import distill_curated, make_config
+
+    settings = load_settings()
+    catalog = DataCatalog(settings.catalog)
+    config = make_config(settings.retrain.distill, method=method, ipc=ipc,
+                         iterations=iterations, device=device)
+    out = distill_curated(catalog, config, curated_version or None)
+    state = "already committed" if out.skipped else f"done in {out.wall_time_s:.1f}s"
+    console.print(f"distilled {out.distilled_version}: {out.method}, {out.ipc} per class from "
+                  f"{out.curated_rows} curated faces ({', '.join(out.curated_versions)}), "
+                  f"{state}; grids in {out.grids_uri}")
+
+
 @distill_app.command("evaluate")
 def evaluate(
     distilled: Path = typer.Option(..., "--distilled", help="distilled Parquet file"),

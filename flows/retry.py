@@ -1,0 +1,73 @@
+"""Retry what failed: reprocess the rows whose status says a stage failed, then re-select.
+
+``omnifer retry-failed --stage detect`` runs this flow. Each affected shard is one task
+(``omnifer.retry.retry_shard``: idempotent, safe to crash and rerun); nights whose shards got
+new scores are selected again, which replaces their curated file (its name comes from the
+curated version, so nothing is added twice).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from omnifer import retry, runs
+from omnifer.catalog import DataCatalog
+from omnifer.config import load_settings
+from omnifer.errors import OmniferError
+from tasks.ingest import select_task
+from tasks.retry import find_failed_task, retry_shard_task
+
+
+@flow(name="retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> dict[str, Any]:
+    """Retry the shards with failed ``stage`` rows (``date``: one night; default all)."""
+    logger = get_run_logger()
+    settings = load_settings()
+    catalog = DataCatalog(settings.catalog)
+    run_id = str(flow_run.get_id() or f"local-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
+    record = runs.start(catalog, run_id, "retry-failed", date or "all",
+                        {"stage": stage, "date": date})
+    targets = find_failed_task(catalog, stage, date)
+    logger.info("%d shard(s) with failed %s rows", len(targets), stage)
+
+    results: list[retry.ShardRetry] = []
+    failed: list[str] = []
+    for start in range(0, len(targets), max(1, workers)):
+        batch = targets[start : start + max(1, workers)]
+        futures = [retry_shard_task.submit(catalog, t.ingest_date, t.shard_id, stage, run_id)
+                   for t in batch]
+        for target, fut in zip(batch, futures, strict=True):
+            try:
+                results.append(fut.result())
+            except Exception as exc:
+                logger.error("retry of shard %s failed: %s", target.shard_id, exc)
+                failed.append(target.shard_id)
+    counts = {"shards": len(targets), "done": len(results), "failed": len(failed),
+              "failed_ids": failed, "retried": sum(r.retried for r in results),
+              "recovered": sum(r.recovered for r in results),
+              "still_failed": sum(r.still_failed for r in results),
+              "new_faces": sum(r.new_faces for r in results)}
+    runs.stage(catalog, record, "retry", "failed" if failed else "completed", counts)
+
+    # Re-select every night that got new scores, with the model its shards were scored by.
+    policy = settings.selection_policy()
+    nights = sorted({(r.ingest_date, r.model_version) for r in results
+                     if r.new_scores and r.model_version})
+    curated = {}
+    for night, model_version in nights:
+        res = select_task(catalog, night, policy, model_version, run_id)
+        curated[night] = res.model_dump()
+    runs.stage(catalog, record, "select", "completed", {"nights": curated})
+    summary = {"run_id": run_id, "stage": stage, **counts,
+               "selected": {k: v["selected"] for k, v in curated.items()},
+               "shards_detail": [r.model_dump() for r in results]}
+    runs.finish(catalog, record, "failed" if failed else "completed",
+                {k: v for k, v in summary.items() if k != "shards_detail"})
+    if failed:
+        raise OmniferError(f"retry failed for {len(failed)} shard(s): {', '.join(failed)}")
+    return summary

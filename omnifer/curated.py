@@ -1,0 +1,140 @@
+"""Curated sets as training data: which versions count, how much is new, and their crops.
+
+A night can hold several curated versions (a policy or model changed and selection ran
+again); what the current primitive model mined is, per night, its latest version. Distillation
+and retraining both start from that set, and "how much is new" (curated rows that no distilled
+version covers yet) is what the nightly flow compares with ``retrain.min_new_curated``.
+
+Crops live in ``faces``, labels in ``curated``: :func:`export_crops` joins them with DuckDB
+straight into a local Parquet file (streamed, so a curated set larger than memory works), which
+:class:`omnifer.distill.ParquetClassSampler` then samples from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from omnifer.catalog import DataCatalog
+from omnifer.datasets import LabeledData, resize_images
+from omnifer.errors import DatasetError
+from omnifer.labels import CLASSES
+
+log = logging.getLogger(__name__)
+
+
+def _versions_sql(versions: Sequence[str]) -> str:
+    if not versions:
+        raise DatasetError("no curated versions given")
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in versions) + "]"
+
+
+def current_versions(catalog: DataCatalog, model_version: str | None = None) -> list[str]:
+    """Per night, the latest curated version (of ``model_version`` when given), oldest first."""
+    con = catalog.connect()
+    where = ""
+    params: list[str] = []
+    if model_version is not None:
+        where, params = "WHERE model_version = ?", [model_version]
+    rows = con.execute(
+        "SELECT ingest_date, arg_max(curated_version, created_at) FROM curated "
+        f"{where} GROUP BY ingest_date ORDER BY ingest_date", params
+    ).fetchall()
+    return [r[1] for r in rows]
+
+
+def count_rows(catalog: DataCatalog, versions: Sequence[str]) -> int:
+    if not versions:
+        return 0
+    con = catalog.connect()
+    return int(con.execute(
+        "SELECT count(DISTINCT face_id) FROM curated "
+        f"WHERE list_contains({_versions_sql(versions)}, curated_version)"
+    ).fetchone()[0])
+
+
+def distilled_from(catalog: DataCatalog) -> set[str]:
+    """Curated versions that some distilled version was made from."""
+    con = catalog.connect()
+    rows = con.execute(
+        "SELECT DISTINCT unnest(string_split(curated_version, ',')) FROM distilled "
+        "WHERE curated_version IS NOT NULL"
+    ).fetchall()
+    return {r[0] for r in rows if r[0]}
+
+
+def undistilled_rows(catalog: DataCatalog, model_version: str | None = None) -> int:
+    """Curated rows of the current versions that no distilled version covers yet."""
+    covered = distilled_from(catalog)
+    return count_rows(catalog, [v for v in current_versions(catalog, model_version)
+                                if v not in covered])
+
+
+def export_crops(catalog: DataCatalog, versions: Sequence[str], dest: Path | str) -> int:
+    """Write ``label, crop, face_id, copies`` of the curated ``versions`` to a Parquet file.
+
+    One row per face (the latest curated row wins when versions overlap; a face written twice
+    by two shards of one night counts once). Returns the number of rows.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    con = catalog.connect()
+    query = f"""
+        WITH c AS (
+            SELECT face_id, label, copies FROM curated
+            WHERE list_contains({_versions_sql(versions)}, curated_version)
+            QUALIFY row_number() OVER (PARTITION BY face_id ORDER BY created_at DESC) = 1),
+        f AS (
+            SELECT face_id, crop FROM faces
+            WHERE face_id IN (SELECT face_id FROM c)
+            QUALIFY row_number() OVER (PARTITION BY face_id ORDER BY created_at) = 1)
+        SELECT c.label, f.crop, c.face_id, c.copies FROM c JOIN f USING (face_id)
+        ORDER BY c.label, c.face_id
+    """
+    tmp = dest.with_suffix(".tmp")
+    path = str(tmp).replace("'", "''")
+    con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 512)")
+    tmp.replace(dest)
+    n = pq.ParquetFile(dest).metadata.num_rows
+    if n == 0:
+        raise DatasetError(f"curated versions {list(versions)} have no faces with crops")
+    return n
+
+
+def to_labeled(
+    catalog: DataCatalog, versions: Sequence[str], size: int, work_dir: Path | str,
+    classes: Sequence[str] = CLASSES, honour_copies: bool = True,
+) -> LabeledData:
+    """The curated ``versions`` as in-memory training data (crops resized to ``size``).
+
+    ``copies`` (the policy's class-balancing duplicates) repeat a row when ``honour_copies``.
+    Meant for retraining on the full curated set, which is what distillation makes unnecessary;
+    memory is N × size² × 3 bytes.
+    """
+    path = Path(work_dir) / "curated-crops.parquet"
+    export_crops(catalog, versions, path)
+    table = pq.read_table(path)
+    lookup = {c: i for i, c in enumerate(classes)}
+    images, targets, names = [], [], []
+    for label, crop, face, copies in zip(*(table[c].to_pylist() for c in
+                                           ("label", "crop", "face_id", "copies")), strict=True):
+        if label not in lookup:
+            continue
+        img = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            log.warning("curated face %s has an unreadable crop: skipped", face)
+            continue
+        img = resize_images(img[None], size)[0]
+        for _ in range(max(1, int(copies or 1)) if honour_copies else 1):
+            images.append(img)
+            targets.append(lookup[label])
+            names.append(face)
+    if not images:
+        raise DatasetError(f"curated versions {list(versions)} hold no usable faces")
+    return LabeledData(np.stack(images), np.asarray(targets, np.int64), tuple(classes), names,
+                       source=f"curated:{','.join(versions)}")

@@ -1,0 +1,184 @@
+"""Retraining: the labeled set plus what was mined → a new model version, promoted only if better.
+
+Recipes (``RetrainSettings.recipe``): ``curated`` adds the full curated set, ``distilled`` the
+few distilled images per class (the paper's point: nearly the gain at a fraction of the cost),
+``all`` both. The new version is registered with its lineage (parent, labeled set, curated and
+distilled versions) and both test figures; it becomes the primitive model only when it beats
+the current one on the labeled set's held-out test split. A rejected version stays in the
+registry, so "why was v7 not promoted" is a query.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from pydantic import BaseModel, ValidationError
+
+from omnifer import curated, registry
+from omnifer.catalog import DataCatalog
+from omnifer.config import LabeledSpec, RetrainSettings
+from omnifer.datasets import LabeledData, read_dataset
+from omnifer.distill import DistilledSet, denormalize
+from omnifer.errors import ConfigError, DatasetError
+from omnifer.evaluate import evaluate_model
+from omnifer.model import load_checkpoint
+from omnifer.modelfiles import omnifer_home
+from omnifer.train import TrainConfig, train_model
+
+log = logging.getLogger(__name__)
+
+
+class RetrainOutcome(BaseModel):
+    model_version: str
+    parent_version: str
+    recipe: str
+    promoted: bool
+    accuracy: float
+    parent_accuracy: float
+    train_images: int
+    train_seconds: float
+    curated_versions: list[str]
+    distilled_version: str | None
+    checkpoint_uri: str
+
+
+def next_version(catalog: DataCatalog) -> str:
+    """``v<N+1>`` after the highest registered ``v<N>``."""
+    versions = catalog.read("models", columns=["model_version"])["model_version"].to_pylist()
+    numbers = [int(m.group(1)) for v in versions if (m := re.fullmatch(r"v(\d+)", v or ""))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def train_config(overrides: dict[str, Any] | None = None, **more: Any) -> TrainConfig:
+    values = {**(overrides or {}), **{k: v for k, v in more.items() if v is not None}}
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"invalid retrain.train settings: {err['msg']} "
+                          f"({'.'.join(map(str, err['loc']))})") from None
+
+
+def read_labeled(spec: LabeledSpec, size: int) -> tuple[LabeledData, LabeledData]:
+    """(train, test) splits of the labeled set named in the settings."""
+    if not spec.path:
+        raise ConfigError("retrain needs the labeled set: set retrain.labeled.path (and "
+                          ".format) in omnifer.yaml, or pass --labeled PATH --format FMT")
+    train = read_dataset(spec.path, spec.format, spec.train_split, size=size)
+    test = read_dataset(spec.path, spec.format, spec.test_split, size=size, classes=train.classes)
+    return train, test
+
+
+def distilled_as_labeled(catalog: DataCatalog, version: str, copies: int = 1) -> LabeledData:
+    """A distilled version as uint8 BGR images (what :func:`train_model` eats)."""
+    table = catalog.read("distilled")
+    table = table.filter(pc.equal(table["distilled_version"], version))
+    if table.num_rows == 0:
+        raise DatasetError(f"distilled version {version} is not in the catalog "
+                           "(run 'omnifer distill curated' first)")
+    dset = DistilledSet.from_arrow(table)
+    rgb = denormalize(dset.images).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    bgr = np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
+    labels = dset.labels.numpy().astype(np.int64)
+    names = [f"{version}/{dset.classes[c]}/{i}" for i, c in enumerate(labels)]
+    if copies > 1:
+        bgr, labels = np.repeat(bgr, copies, axis=0), np.repeat(labels, copies)
+        names = [n for n in names for _ in range(copies)]
+    return LabeledData(bgr, labels, tuple(dset.classes), names, source=f"distilled:{version}")
+
+
+def curated_versions_of(catalog: DataCatalog, distilled_version: str) -> list[str]:
+    table = catalog.read("distilled", columns=["distilled_version", "curated_version"])
+    rows = table.filter(pc.equal(table["distilled_version"], distilled_version))
+    value = rows["curated_version"][0].as_py() if rows.num_rows else None
+    return [v for v in (value or "").split(",") if v]
+
+
+def retrain(
+    catalog: DataCatalog,
+    settings: RetrainSettings,
+    *,
+    recipe: str | None = None,
+    curated_versions: list[str] | None = None,
+    distilled_version: str | None = None,
+    run_id: str | None = None,
+    work_dir: Path | str | None = None,
+    version: str | None = None,
+) -> RetrainOutcome:
+    """Train a new version on labeled + mined data, register it, promote it if it is better."""
+    from omnifer.distill_stage import latest_distilled_version
+
+    recipe = recipe or settings.recipe
+    if recipe not in ("curated", "distilled", "all"):
+        raise ConfigError(f"recipe must be curated, distilled or all, not {recipe!r}")
+    cfg = train_config(settings.train)
+    parent, parent_uri = registry.primitive_model(catalog)
+    labeled, test = read_labeled(settings.labeled, cfg.input_size)
+
+    extra: list[LabeledData] = []
+    used_curated: list[str] = []
+    if recipe in ("distilled", "all"):
+        distilled_version = distilled_version or latest_distilled_version(catalog)
+        if not distilled_version:
+            raise DatasetError("no distilled version yet: run 'omnifer distill curated' first")
+        extra.append(distilled_as_labeled(catalog, distilled_version, settings.distilled_copies))
+        used_curated = curated_versions_of(catalog, distilled_version)
+    else:
+        distilled_version = None
+    version = version or next_version(catalog)
+    work = Path(work_dir) if work_dir else omnifer_home() / "retrain"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix="curated-") as tmp:
+        if recipe in ("curated", "all"):
+            versions = curated_versions or curated.current_versions(catalog)
+            if not versions:
+                raise DatasetError("no curated rows yet: run the nightly ingest first")
+            extra.append(curated.to_labeled(catalog, versions, cfg.input_size, tmp,
+                                            classes=labeled.classes))
+            used_curated = sorted(set(used_curated) | set(versions))
+
+        log.info("retraining %s (parent %s, recipe %s) on %d labeled + %d mined images",
+                 version, parent, recipe, len(labeled), sum(len(e) for e in extra))
+        ckpt = work / version
+        started = time.monotonic()
+        card = train_model(labeled, cfg, ckpt, extra=extra)
+        seconds = card.metrics.get("train_seconds", round(time.monotonic() - started, 1))
+
+    device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    new_metrics = evaluate_model(load_checkpoint(ckpt), test, device=device)
+    parent_ckpt = registry.local_checkpoint(parent_uri, parent)
+    parent_metrics = evaluate_model(load_checkpoint(parent_ckpt), test, device=device)
+    lineage = {
+        "recipe": recipe,
+        "labeled": {"source": labeled.source, "digest": labeled.digest(), "n": len(labeled)},
+        "curated": used_curated,
+        "distilled": distilled_version,
+        "test": {"source": test.source, "n": len(test)},
+    }
+    metrics = {**new_metrics, "train_seconds": seconds,
+               "train_images": len(labeled) + sum(len(e) for e in extra)}
+    uri = registry.register_model(catalog, ckpt, version, parent=parent, train_datasets=lineage,
+                                  metrics=metrics, run_id=run_id)
+    gain = new_metrics["accuracy"] - parent_metrics["accuracy"]
+    promoted = gain > settings.min_gain
+    verdict = {"accuracy": new_metrics["accuracy"], "parent_version": parent,
+               "parent_accuracy": parent_metrics["accuracy"], "gain": gain,
+               "min_gain": settings.min_gain, "test": lineage["test"]}
+    registry.record_event(catalog, version, "promoted" if promoted else "rejected", verdict,
+                          run_id=run_id)
+    log.info("%s: test accuracy %.4f vs %s %.4f → %s", version, new_metrics["accuracy"], parent,
+             parent_metrics["accuracy"], "promoted" if promoted else "rejected")
+    return RetrainOutcome(
+        model_version=version, parent_version=parent, recipe=recipe, promoted=promoted,
+        accuracy=new_metrics["accuracy"], parent_accuracy=parent_metrics["accuracy"],
+        train_images=metrics["train_images"], train_seconds=float(seconds),
+        curated_versions=used_curated, distilled_version=distilled_version, checkpoint_uri=uri,
+    )

@@ -1,0 +1,297 @@
+"""Retry what failed: the images (or scores) whose rows say a stage failed, shard by shard.
+
+Failures are rows (``status`` + ``error``), so "what failed" is a query and a retry is a small
+rewrite of the shards those rows live in. Why it is safe to run, crash and run again:
+
+* Each affected shard is retried on its own, from the shard's *current* files: the failed set
+  is read again every time, the plan supplies the objects and the parameters the shard ran
+  with (same detector, same model version), and the per-object work is the very code a clean
+  run uses (:func:`omnifer.ingest.process_object`, :func:`omnifer.ingest.score_faces`).
+* New faces and scores of recovered images go into one new file per retry whose name comes
+  from the retried set (``part-<shard>-retry-<hash>.parquet``): a crash before the next step
+  leaves the images rows still failed, so the rerun retries the same set and rewrites the same
+  file instead of adding a second copy.
+* Then the shard's ``images`` file is replaced atomically with the updated rows (status,
+  error, n_faces, the retry's run id). Readers see the old shard or the new one, never both.
+* A score retry rewrites the affected ``scores`` files in place (failed rows replaced).
+
+Stages and the statuses they retry are in :data:`RETRY_STATUSES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from omnifer import ingest, storage
+from omnifer.catalog import DataCatalog
+from omnifer.errors import ConfigError, DatasetError
+from omnifer.schemas import FACES, IMAGES, SCORES
+from omnifer.version import code_version
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES: dict[str, tuple[str, ...]] = {
+    "fetch": ("fetch_failed", "unreadable", "missing"),
+    "detect": ("detect_failed",),
+    "score": ("score_failed",),
+}
+"""Stage name → the row statuses ``retry-failed --stage`` reprocesses (images rows for fetch
+and detect, scores rows for score)."""
+
+
+class RetryTarget(BaseModel):
+    """One shard with failed rows of a stage (``count`` images, or faces for ``score``)."""
+
+    ingest_date: str
+    shard_id: str
+    count: int
+
+
+class ShardRetry(BaseModel):
+    """What retrying one shard did."""
+
+    ingest_date: str
+    shard_id: str
+    stage: str
+    retried: int = 0
+    recovered: int = 0
+    still_failed: int = 0
+    new_faces: int = 0
+    new_scores: int = 0
+    model_version: str | None = None
+    seconds: float = 0.0
+
+
+def _statuses(stage: str) -> tuple[str, ...]:
+    if stage not in RETRY_STATUSES:
+        raise ConfigError(f"unknown stage '{stage}': use one of {', '.join(RETRY_STATUSES)}")
+    return RETRY_STATUSES[stage]
+
+
+def find_failed(catalog: DataCatalog, stage: str, date: str | None = None) -> list[RetryTarget]:
+    """Shards that hold rows where ``stage`` failed (all nights, or only ``date``)."""
+    statuses = _statuses(stage)
+    dataset = "scores" if stage == "score" else "images"
+    flt = ds.field("status").isin(list(statuses))
+    if date is not None:
+        flt = flt & (ds.field("ingest_date") == date)
+    table = catalog.read(dataset, columns=["ingest_date", "shard_id"], filter=flt)
+    counts = Counter(zip(table["ingest_date"].to_pylist(), table["shard_id"].to_pylist(),
+                         strict=True))
+    return [RetryTarget(ingest_date=d, shard_id=s, count=n)
+            for (d, s), n in sorted(counts.items())]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _read_file(uri: str, schema: pa.Schema) -> pa.Table:
+    fs, path = storage.resolve(uri)
+    try:
+        return pq.read_table(path, filesystem=fs, schema=schema)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DatasetError(f"cannot read {uri}: {exc}") from None
+
+
+def _find_shard(catalog: DataCatalog, date: str,
+                shard_id: str) -> tuple[ingest.IngestPlan, ingest.ShardSpec]:
+    for plan in ingest.load_plans(catalog, date):
+        for shard in plan.shards:
+            if shard.shard_id == shard_id:
+                return plan, shard
+    raise DatasetError(f"shard {shard_id} of {date} is in no plan under "
+                       f"{catalog.aux_uri('_plans')}: cannot tell which objects it holds")
+
+
+def _stamp(run_id: str, shard_id: str) -> dict[str, Any]:
+    return {"run_id": run_id, "shard_id": shard_id, "code_version": code_version(),
+            "created_at": ingest._now()}
+
+
+def _retry_name(shard_id: str, stage: str, keys: list[str]) -> str:
+    digest = hashlib.sha256("\n".join([stage, *sorted(keys)]).encode()).hexdigest()[:12]
+    return f"part-{shard_id}-retry-{digest}.parquet"
+
+
+def _seen_excluding(catalog: DataCatalog, retried: set[tuple[str, str]]) -> set[str]:
+    """Content ingested by rows other than the retried ones (duplicates own nothing)."""
+    table = catalog.read("images", columns=["sha256", "status", "shard_id", "source_uri"],
+                         filter=ds.field("sha256").is_valid())
+    return {
+        sha for sha, status, shard, uri in zip(
+            table["sha256"].to_pylist(), table["status"].to_pylist(),
+            table["shard_id"].to_pylist(), table["source_uri"].to_pylist(), strict=True)
+        if status != ingest.STATUS_DUPLICATE and (shard, uri) not in retried
+    }
+
+
+# -- retrying one shard --------------------------------------------------------------------------
+def retry_shard(
+    catalog: DataCatalog, ingest_date: str, shard_id: str, stage: str, run_id: str
+) -> ShardRetry:
+    """Reprocess the rows of one shard where ``stage`` failed; see the module docstring.
+
+    Returns a result with ``retried == 0`` when nothing in the shard is failed any more (a
+    rerun after success does nothing).
+    """
+    statuses = _statuses(stage)
+    started = time.monotonic()
+    plan, shard = _find_shard(catalog, ingest_date, shard_id)
+    if stage == "score":
+        result = _retry_scores(catalog, plan, shard, statuses, run_id)
+    else:
+        result = _retry_images(catalog, plan, shard, stage, statuses, run_id)
+    result.seconds = round(time.monotonic() - started, 3)
+    log.info("retried %s of shard %s (%s): %d tried, %d recovered, %d still failed",
+             stage, shard_id, ingest_date, result.retried, result.recovered, result.still_failed)
+    return result
+
+
+def _retry_images(
+    catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec, stage: str,
+    statuses: tuple[str, ...], run_id: str,
+) -> ShardRetry:
+    from omnifer.sources import source_from_dict
+
+    date, sid = shard.ingest_date, shard.shard_id
+    result = ShardRetry(ingest_date=date, shard_id=sid, stage=stage,
+                        model_version=plan.params.model_version)
+    images_uri = catalog.file_uri("images", f"part-{sid}.parquet", ingest_date=date)
+    images = _read_file(images_uri, IMAGES).to_pylist()
+    failed = {r["source_uri"] for r in images if r["status"] in statuses}
+    if not failed:
+        return result
+    objects = [o for o in shard.objects if o.uri in failed]
+    seen = _seen_excluding(catalog, {(sid, uri) for uri in failed})
+    params = plan.params
+    detector = ingest.WorkerResources.detector(params)
+    sources = [source_from_dict(s) for s in plan.sources]
+    stamp = _stamp(run_id, sid)
+    new_rows: dict[str, dict[str, Any]] = {}
+    face_rows: list[dict[str, Any]] = []
+    crops: list[np.ndarray] = []
+    for obj in objects:
+        row, faces, obj_crops = ingest.process_object(obj, sources[obj.source], params,
+                                                      detector, seen, stamp)
+        new_rows[obj.uri] = row
+        face_rows.extend(faces)
+        crops.extend(obj_crops)
+    score_rows = ingest.score_faces(params, face_rows, crops, stamp)
+
+    if face_rows:  # first the new faces and scores, under a name fixed by the retried set
+        name = _retry_name(sid, stage, sorted(failed))
+        catalog.write("faces", name, pa.Table.from_pylist(face_rows, schema=FACES),
+                      ingest_date=date)
+        catalog.write("scores", name, pa.Table.from_pylist(score_rows, schema=SCORES),
+                      ingest_date=date)
+    # Then the shard's images, all rows at once: this is the commit.
+    updated = [new_rows.get(r["source_uri"], r) for r in images]
+    catalog.write("images", f"part-{sid}.parquet",
+                  pa.Table.from_pylist(updated, schema=IMAGES), ingest_date=date)
+    _update_marker(catalog, shard, updated, len(face_rows))
+
+    result.retried = len(objects)
+    result.still_failed = sum(r["status"] in statuses for r in new_rows.values())
+    result.recovered = result.retried - result.still_failed
+    result.new_faces, result.new_scores = len(face_rows), len(score_rows)
+    return result
+
+
+def _update_marker(catalog: DataCatalog, shard: ingest.ShardSpec,
+                   rows: list[dict[str, Any]], new_faces: int) -> None:
+    """Keep the shard's commit marker's counts true after a retry (the marker stays)."""
+    uri = ingest._marker_uri(catalog, shard.ingest_date, shard.shard_id)
+    old = ingest.shard_done(catalog, shard)
+    marker = ingest.ShardResult(
+        shard_id=shard.shard_id,
+        images=len(rows),
+        by_status=dict(Counter(r["status"] for r in rows)),
+        faces=(old.faces if old else 0) + new_faces,
+        seconds=old.seconds if old else 0.0,
+    )
+    storage.write_bytes_atomic(uri, marker.model_dump_json().encode())
+
+
+def _retry_scores(
+    catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec,
+    statuses: tuple[str, ...], run_id: str,
+) -> ShardRetry:
+    """Score the failed faces again, from the source image (exactly a clean run's crop) or,
+    when the source cannot be read any more, from the stored JPEG crop."""
+    from omnifer.sources import source_from_dict
+
+    date, sid = shard.ingest_date, shard.shard_id
+    result = ShardRetry(ingest_date=date, shard_id=sid, stage="score",
+                        model_version=plan.params.model_version)
+    folder = catalog.file_uri("scores", "x", ingest_date=date).rsplit("/", 1)[0]
+    files = {uri: _read_file(uri, SCORES)
+             for uri in storage.list_files(folder, ".parquet")
+             if uri.rsplit("/", 1)[-1].startswith(f"part-{sid}")}
+    failed = {fid for table in files.values()
+              for fid, status in zip(table["face_id"].to_pylist(), table["status"].to_pylist(),
+                                     strict=True) if status in statuses}
+    if not failed:
+        return result
+    faces = catalog.read("faces", filter=ds.field("face_id").isin(sorted(failed))
+                         & (ds.field("ingest_date") == date)).to_pylist()
+    by_uri: dict[str, list[dict[str, Any]]] = {}
+    for face in faces:
+        by_uri.setdefault(face["source_uri"], []).append(face)
+    params = plan.params
+    detector = ingest.WorkerResources.detector(params)
+    sources = [source_from_dict(s) for s in plan.sources]
+    stamp = _stamp(run_id, sid)
+    rows: list[dict[str, Any]] = []
+    crops: list[np.ndarray] = []
+    done: set[str] = set()
+    for obj in shard.objects:
+        if obj.uri not in by_uri:
+            continue
+        _, again, obj_crops = ingest.process_object(obj, sources[obj.source], params,
+                                                    detector, set(), stamp)
+        for face, crop in zip(again, obj_crops, strict=True):
+            if face["face_id"] in failed and face["face_id"] not in done:
+                rows.append(face)
+                crops.append(crop)
+                done.add(face["face_id"])
+    for face in faces:  # the source changed or is gone: the stored crop is what we have
+        if face["face_id"] not in done:
+            crop = cv2.imdecode(np.frombuffer(face["crop"], np.uint8), cv2.IMREAD_COLOR)
+            rows.append(face)
+            crops.append(crop)
+            done.add(face["face_id"])
+    new = {r["face_id"]: r for r in ingest.score_faces(params, rows, crops, stamp)}
+    for uri, table in files.items():
+        old = table.to_pylist()
+        if not any(r["face_id"] in new and r["status"] in statuses for r in old):
+            continue
+        updated = [new[r["face_id"]] if r["face_id"] in new and r["status"] in statuses else r
+                   for r in old]
+        storage.write_table_atomic(uri, pa.Table.from_pylist(updated, schema=SCORES))
+    result.retried = len(failed)
+    result.still_failed = sum(1 for r in new.values() if r["status"] in statuses)
+    result.still_failed += len(failed - set(new))  # faces whose rows are gone
+    result.recovered = result.retried - result.still_failed
+    result.new_scores = len(new)
+    return result
+
+
+def retry_failed(
+    catalog: DataCatalog, stage: str, run_id: str, date: str | None = None
+) -> list[ShardRetry]:
+    """Retry every shard with failed ``stage`` rows, one after another (no Prefect needed).
+
+    Selection is not redone here: the caller re-selects the affected nights
+    (``flows/retry.py`` does, with :func:`omnifer.ingest.select_curated`).
+    """
+    return [retry_shard(catalog, t.ingest_date, t.shard_id, stage, run_id)
+            for t in find_failed(catalog, stage, date)]

@@ -1,0 +1,31 @@
+"""Prefect tasks around ``omnifer.retry``: one task per shard, retries and logging only."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from omnifer import retry
+from omnifer.catalog import DataCatalog
+from tasks.logging import attach_prefect_logger
+
+
+@task(name="find-failed", cache_policy=NO_CACHE)
+def find_failed_task(
+    catalog: DataCatalog, stage: str, date: str | None
+) -> list[retry.RetryTarget]:
+    return retry.find_failed(catalog, stage, date)
+
+
+@task(
+    name="retry-shard",
+    task_run_name="retry-{stage}-{shard_id}",
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
+def retry_shard_task(
+    catalog: DataCatalog, ingest_date: str, shard_id: str, stage: str, run_id: str
+) -> retry.ShardRetry:
+    attach_prefect_logger()
+    return retry.retry_shard(catalog, ingest_date, shard_id, stage, run_id)
