@@ -146,9 +146,15 @@ def fetch(
             raise ModelFileError(f"unknown model file '{name}'; known: {', '.join(MODEL_FILES)}")
         spec = MODEL_FILES[name]
         dest = dest_dir / spec.filename
-        if dest.exists() and sha256_file(dest) == spec.sha256:
-            result[name] = dest
-            continue
+        if dest.exists():
+            actual = sha256_file(dest)
+            if actual == spec.sha256:
+                result[name] = dest
+                continue
+            # Tampered or truncated: never leave it where model_path() would find it.
+            dest.unlink()
+            log.warning("model %s: %s had sha256 %s…, expected %s…; removed", name, dest,
+                        actual[:12], spec.sha256[:12])
         candidates = (m / spec.filename for m in mirror_dirs())
         mirrored = next((c for c in candidates if c.exists()), None)
         if mirrored is not None:

@@ -78,21 +78,29 @@ def read_labeled(spec: LabeledSpec, size: int) -> tuple[LabeledData, LabeledData
 
 
 def distilled_as_labeled(catalog: DataCatalog, version: str, copies: int = 1) -> LabeledData:
-    """A distilled version as uint8 BGR images (what :func:`train_model` eats)."""
+    """A distilled version of the catalog as training data (see :func:`labeled_from_distilled`)."""
     table = catalog.read("distilled")
     table = table.filter(pc.equal(table["distilled_version"], version))
     if table.num_rows == 0:
         raise DatasetError(f"distilled version {version} is not in the catalog "
                            "(run 'omnifer distill curated' first)")
-    dset = DistilledSet.from_arrow(table)
+    return labeled_from_distilled(DistilledSet.from_arrow(table), version, copies)
+
+
+def labeled_from_distilled(dset: DistilledSet, name: str, copies: int = 1) -> LabeledData:
+    """Distilled tensors as uint8 BGR images (what :func:`train_model` eats).
+
+    ``copies`` repeats each image so that a handful of synthetic images weigh more against
+    the labeled set in every epoch.
+    """
     rgb = denormalize(dset.images).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     bgr = np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
     labels = dset.labels.numpy().astype(np.int64)
-    names = [f"{version}/{dset.classes[c]}/{i}" for i, c in enumerate(labels)]
+    names = [f"{name}/{dset.classes[c]}/{i}" for i, c in enumerate(labels)]
     if copies > 1:
         bgr, labels = np.repeat(bgr, copies, axis=0), np.repeat(labels, copies)
         names = [n for n in names for _ in range(copies)]
-    return LabeledData(bgr, labels, tuple(dset.classes), names, source=f"distilled:{version}")
+    return LabeledData(bgr, labels, tuple(dset.classes), names, source=f"distilled:{name}")
 
 
 def curated_versions_of(catalog: DataCatalog, distilled_version: str) -> list[str]:

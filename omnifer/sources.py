@@ -42,13 +42,14 @@ import os
 import re
 import socket
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -66,11 +67,17 @@ USER_AGENT = "omnifer/0.1 (+data curation crawler)"
 
 
 class FetchError(SourceError):
-    """One object could not be read; ``status`` is the image row's status."""
+    """One object could not be read; ``status`` is the image row's status.
 
-    def __init__(self, status: str, message: str) -> None:
+    ``transient``: the store itself failed (S3 5xx/throttling/timeouts after the retry budget),
+    not the object. The ingest fails the whole shard on such an error instead of writing a
+    ``fetch_failed`` row, so a rerun reads the object again (rows of one clean run).
+    """
+
+    def __init__(self, status: str, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 # -- specs -----------------------------------------------------------------------------------
@@ -120,6 +127,7 @@ class S3Source(_Listed):
     endpoint_url: str | None = None
     region: str | None = None
     retries: int = Field(4, ge=0, le=10)  # botocore standard mode: attempts = retries + 1
+    timeout_s: float = Field(60.0, gt=0)  # per-request read timeout; a slower answer is retried
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
@@ -294,7 +302,9 @@ def _list_local(spec: LocalSource) -> Iterator[SourceObject]:
 
 def _local_path(uri: str) -> Path:
     if uri.startswith("file://"):
-        return Path(url2pathname(urlsplit(uri).path))
+        # Path.as_uri() percent-encodes the file system's bytes, so decode back to bytes:
+        # a non-UTF-8 name (latin-1 "caf\xe9.jpg") must name the same file again.
+        return Path(os.fsdecode(unquote_to_bytes(urlsplit(uri).path)))
     return Path(uri)
 
 
@@ -310,10 +320,13 @@ def _read_local(spec: LocalSource, obj: _ObjectLike, max_bytes: int) -> bytes:
     if not _inside(Path(os.path.abspath(path)), root) or not _inside(real, root):
         raise FetchError("forbidden_url", f"{obj.uri} is outside the source folder {root}")
     try:
-        with open(real, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > max_bytes:
-                raise _too_large(obj.uri, size, max_bytes)
+        # O_NONBLOCK: a FIFO or device named x.jpg must not hang the worker on open().
+        with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise FetchError("unreadable", f"{obj.uri}: not a regular file")
+            if st.st_size > max_bytes:
+                raise _too_large(obj.uri, st.st_size, max_bytes)
             data = fh.read(max_bytes + 1)
     except FetchError:
         raise
@@ -329,6 +342,8 @@ def _read_local(spec: LocalSource, obj: _ObjectLike, max_bytes: int) -> bytes:
 # -- S3 --------------------------------------------------------------------------------------
 _client_lock = threading.Lock()
 _S3_PAGE_SIZE = 1000  # the S3 maximum; fewer round trips per listing
+_S3_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                           "InternalError", "ServiceUnavailable"})
 
 
 def _s3_settings(spec: S3Source) -> tuple[str | None, str | None]:
@@ -340,22 +355,24 @@ def _s3_settings(spec: S3Source) -> tuple[str | None, str | None]:
     return endpoint, spec.region or os.environ.get("OMNIFER_S3_REGION")
 
 
-def s3_client(endpoint_url: str | None, region: str | None, retries: int = 4) -> Any:
+def s3_client(endpoint_url: str | None, region: str | None, retries: int = 4,
+              timeout_s: float = 60.0) -> Any:
     """The process's boto3 S3 client for this endpoint/region (clients are thread-safe;
     sessions are not, so creation is locked). Keyed by pid so a forked worker makes its own."""
     with _client_lock:
-        return _make_s3_client(os.getpid(), endpoint_url, region, retries)
+        return _make_s3_client(os.getpid(), endpoint_url, region, retries, timeout_s)
 
 
 @functools.lru_cache(maxsize=16)
-def _make_s3_client(pid: int, endpoint_url: str | None, region: str | None, retries: int) -> Any:
+def _make_s3_client(pid: int, endpoint_url: str | None, region: str | None, retries: int,
+                    timeout_s: float = 60.0) -> Any:
     import boto3
     from botocore.config import Config
 
     config = Config(
         retries={"mode": "standard", "total_max_attempts": retries + 1},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=min(10.0, timeout_s),
+        read_timeout=timeout_s,
         max_pool_connections=32,
     )
     session = boto3.session.Session()
@@ -364,7 +381,7 @@ def _make_s3_client(pid: int, endpoint_url: str | None, region: str | None, retr
 
 def _client_for(spec: S3Source) -> Any:
     endpoint, region = _s3_settings(spec)
-    return s3_client(endpoint, region, spec.retries)
+    return s3_client(endpoint, region, spec.retries, spec.timeout_s)
 
 
 def _s3_error(exc: Exception) -> tuple[str, str]:
@@ -419,9 +436,13 @@ def _read_s3(spec: S3Source, obj: _ObjectLike, max_bytes: int) -> bytes:
         if code in ("AccessDenied", "403", "Forbidden"):
             raise FetchError("unreadable", f"{obj.uri}: {message}") from None
         # botocore's text says "(reached max retries: N)" when the retry budget ran out
-        raise FetchError("fetch_failed", f"{obj.uri}: {exc}") from None
-    except BotoCoreError as exc:
-        raise FetchError("fetch_failed", f"{obj.uri}: {type(exc).__name__}: {exc}") from None
+        http = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get(
+            "HTTPStatusCode") or 0
+        transient = http >= 500 or http == 429 or code in _S3_THROTTLED
+        raise FetchError("fetch_failed", f"{obj.uri}: {exc}", transient=transient) from None
+    except BotoCoreError as exc:  # timeouts, refused or reset connections, after retries
+        raise FetchError("fetch_failed", f"{obj.uri}: {type(exc).__name__}: {exc}",
+                         transient=True) from None
     if len(data) > max_bytes:
         raise _too_large(obj.uri, None, max_bytes)
     return data

@@ -101,6 +101,60 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         raise StorageError(f"cannot write {uri}: {exc}") from None
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create ``uri`` with ``data`` only if it does not exist yet; True when this call did.
+
+    The first of several concurrent writers wins, atomically, and readers never see a half
+    file: locally the bytes go to a temporary file that is then ``os.link``-ed to the name
+    (link fails if the name exists); on S3 a conditional ``PutObject`` with
+    ``If-None-Match: *`` (S3 and moto answer 412 when the key exists). This is what lets
+    two overlapping runs agree on one plan without a lock that a killed run could leave held.
+    """
+    fs, path = resolve(uri)
+    if not _is_local(fs):
+        return _s3_create_exclusive(uri, data)
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from None
+
+
+def _s3_create_exclusive(uri: str, data: bytes) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from omnifer.sources import s3_client
+
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    region = os.environ.get("OMNIFER_S3_REGION") or os.environ.get("AWS_REGION", "us-east-1")
+    try:
+        s3_client(s3_endpoint(), region).put_object(Bucket=bucket, Key=key, Body=data,
+                                                     IfNoneMatch="*")
+    except ClientError as exc:
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return False
+        raise StorageError(f"cannot write {uri}: {code or exc}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot write {uri}: {type(exc).__name__}: {exc}") from None
+    return True
+
+
 def write_table_atomic(uri: str, table: pa.Table) -> None:
     """Write one Parquet file atomically (zstd, row groups small enough to stream)."""
     sink = io.BytesIO()
