@@ -105,13 +105,20 @@ def run_demo(
     version, uri = registry.primitive_model(catalog)
     print(f"   primitive model {version} at {uri}")
 
-    t = _step("4/5 nightly ingest flow (Prefect, temporary local server)")
+    t = _step("4/5 nightly flow (Prefect, temporary local server): ingest, select, "
+              "distill, retrain")
     ingest_date = date or dt.datetime.now(dt.UTC).date().isoformat()
-    summary = nightly_ingest(date=ingest_date, sources=[str(world / "unlabeled")])
+    # Retraining needs the labeled set; the CPU-sized distillation settings are in omnifer.yaml.
+    retrain = {"enabled": True, "recipe": "distilled",
+               "labeled": {"path": str(world / "labeled"), "format": "rafdb"}}
+    summary = nightly_ingest(date=ingest_date, sources=[str(world / "unlabeled")],
+                             retrain=retrain)
     figures["summary"] = summary
     print(f"   {summary['images']} images this night: {summary['images_by_status']}")
     print(f"   {summary['faces']} faces, {summary['selected']} selected "
-          f"{summary['selected_per_class']}  ({time.monotonic() - t:.0f}s)")
+          f"{summary['selected_per_class']}")
+    _print_retraining(summary.get("retraining") or {}, figures)
+    print(f"   ({time.monotonic() - t:.0f}s)")
 
     _step("5/5 grade against the world's hidden truth")
     faces = catalog.read("faces", columns=["face_id", "source_uri", "bbox"])
@@ -131,6 +138,24 @@ def run_demo(
         print("\n== Run report (open it in a browser; `omnifer report` writes it again)")
         print(f"   {summary['report']}")
     return figures
+
+
+def _print_retraining(info: dict[str, Any], figures: dict[str, Any]) -> None:
+    if not info.get("triggered"):
+        print(f"   distill + retrain not triggered: {info.get('new_curated', 0)} curated faces "
+              f"not distilled yet (threshold {info.get('min_new_curated')})")
+        return
+    d, r = info.get("distill") or {}, info.get("retrain") or {}
+    if d:
+        print(f"   distilled {d['distilled_version']}: {d['method']}, {d['ipc']} images per "
+              f"class from {d['curated_rows']} curated faces ({d['wall_time_s']:.0f}s)")
+    if r:
+        figures["retrain"] = r
+        verdict = "promoted: the next primitive model" if r["promoted"] else "rejected"
+        print(f"   retrained {r['model_version']} on labeled + {r['recipe']} "
+              f"({r['train_images']} images, {r['train_seconds']:.0f}s): test accuracy "
+              f"{r['accuracy']:.3f} vs {r['parent_version']} {r['parent_accuracy']:.3f} "
+              f"-> {verdict}")
 
 
 def _where_to_look(catalog: DataCatalog, out: Path) -> None:

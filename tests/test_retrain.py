@@ -152,3 +152,36 @@ def test_cli_distill_and_retrain_on_an_image_folder_and_the_promotion_rule(
     assert lineage["recipe"] == "all" and lineage["distilled"] and lineage["curated"]
     assert lineage["labeled"]["source"].startswith("folder:")
     assert json.loads(rows[0][1])["train_images"] > lineage["labeled"]["n"]
+
+
+def test_nightly_trigger_hands_work_to_the_gpu_deployment(
+    mined_catalog: DataCatalog, small_world: Path
+) -> None:
+    """With deployments configured the nightly flow only schedules a run on the pool."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.distill import distill_flow
+    from flows.ingest import nightly_ingest
+
+    deployment_id = distill_flow.to_deployment(name="distill").apply()
+    retrain = {"enabled": True, "min_new_curated": 1, "deployment_distill": "distill/distill",
+               "deployment_retrain": "retrain/retrain",
+               "labeled": {"path": str(small_world / "labeled"), "format": "rafdb"}}
+    summary = nightly_ingest(date=DATE, sources=[str(small_world / "unlabeled")],
+                             shard_size=20, workers=1, retrain=retrain)
+    trigger = summary["retraining"]
+    assert trigger["triggered"] and "distill_flow_run" in trigger
+
+    async def read(flow_run_id: str):
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    run = run_coro_as_sync(read(trigger["distill_flow_run"]))
+    assert run.deployment_id == deployment_id
+    assert run.parameters["then_retrain"] is True
+    assert run.parameters["retrain"]["deployment_retrain"] == "retrain/retrain"
+    assert run.state.is_scheduled()
+    # Nothing ran here: no distilled rows, no new model version.
+    assert mined_catalog.read("distilled").num_rows == 0
+    assert registry.primitive_model(mined_catalog)[0] == "v1"
