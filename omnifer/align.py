@@ -8,8 +8,16 @@ the hood); we only validate shapes.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from insightface.utils import face_align
+
+# insightface calls scikit-image's deprecated ``SimilarityTransform.estimate`` for every face;
+# the warning says nothing a user can act on and floods logs (one line per face). It is
+# silenced for that module only; the call still works up to scikit-image 2.2.
+warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning,
+                        module=r"insightface\.utils\.face_align")
 
 CROP_SIZE = 112
 """Side of an aligned crop in pixels; the ArcFace template is defined at 112."""
