@@ -229,7 +229,9 @@ class WorkerResources:
         from omnifer.registry import local_checkpoint
         from omnifer.scoring import Scorer
 
-        key = f"{params.model_version}:{params.score_batch_size}"
+        # The URI is part of the key: two catalogs (or a re-registered version) may use the
+        # same version name for different weights.
+        key = f"{params.model_uri}:{params.model_version}:{params.score_batch_size}"
         with cls._lock:
             if key not in cls._scorers:
                 path = local_checkpoint(params.model_uri, params.model_version)
@@ -256,7 +258,7 @@ class _SeenIndex:
 
     _MANY = "\0many"  # content committed by two or more shards: seen by every shard
     _lock = threading.Lock()
-    _indexes: dict[tuple[str, str], _SeenIndex] = {}
+    _indexes: dict[tuple[str, ...], _SeenIndex] = {}
 
     def __init__(self, catalog: DataCatalog) -> None:
         table = catalog.read("images", columns=["sha256", "shard_id"],
@@ -272,8 +274,9 @@ class _SeenIndex:
         self._claim_lock = threading.Lock()
 
     @classmethod
-    def for_plan(cls, catalog: DataCatalog, plan_id: str) -> _SeenIndex:
-        key = (catalog.uri("images"), plan_id)
+    def for_plan(cls, catalog: DataCatalog, plan: IngestPlan) -> _SeenIndex:
+        # created_at too: a catalog wiped and re-made in one process reuses plan ids
+        key = (catalog.uri("images"), plan.plan_id, plan.created_at.isoformat())
         with cls._lock:
             index = cls._indexes.get(key)
             if index is None:
@@ -321,7 +324,7 @@ def process_shard(
     params = plan.params
     detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan.plan_id), shard.shard_id)
+    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan), shard.shard_id)
     stamp = {"run_id": run_id, "shard_id": shard.shard_id, "code_version": code_version(),
              "created_at": _now()}
 

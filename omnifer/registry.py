@@ -10,6 +10,7 @@ candidates) queryable with DuckDB.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -127,7 +128,9 @@ def local_checkpoint(uri: str, version: str) -> Path:
     """A local folder with the checkpoint at ``uri`` (downloaded once into the cache)."""
     if not uri.startswith("s3://"):
         return Path(uri.removeprefix("file://"))
-    dest = omnifer_home() / "model_cache" / version
+    # Keyed by URI too: another catalog may hold other weights under the same version name.
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    dest = omnifer_home() / "model_cache" / f"{version}-{digest}"
     marker = dest / ".complete"
     if marker.exists():
         return dest
