@@ -1,0 +1,81 @@
+"""Scoring: faces/s of batched scoring against one face at a time, same model, same crops.
+
+Usage::
+
+    python benchmarks/scoring.py [--faces 512] [--batch-sizes 1 8 32 128 256] [--threads N]
+
+The crops are the demo world's aligned labeled faces (112×112 JPEGs, decoded once; repeated to
+``--faces``). Each batch size scores all of them through ``omnifer.scoring.Scorer.score`` with
+``batch_size=B`` (flip TTA, embeddings, similarity: exactly what the ingest does); batch size 1
+is the one-face-at-a-time baseline, called once per face as a naive loop would. Target:
+the ingest's batch size (``score_batch_size``, 128) ≥ 3× batch size 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from _common import DEFAULT_WORK, ensure_model, ensure_world, machine, print_table
+
+from omnifer.model import load_checkpoint
+from omnifer.scoring import Scorer
+
+
+def load_crops(world: Path, n: int) -> np.ndarray:
+    files = sorted((world / "labeled" / "Image" / "aligned").glob("*.jpg"))
+    crops = [cv2.imread(str(f)) for f in files]
+    crops = [c for c in crops if c is not None]
+    reps = -(-n // len(crops))
+    return np.stack((crops * reps)[:n])
+
+
+def faces_per_s(scorer: Scorer, crops: np.ndarray, one_at_a_time: bool, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        if one_at_a_time:
+            for i in range(len(crops)):
+                scorer.score(crops[i : i + 1])
+        else:
+            scorer.score(crops)
+        best = min(best, time.perf_counter() - start)
+    return len(crops) / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--faces", type=int, default=512)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128, 256])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N passes")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    args = ap.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}", flush=True)
+
+    world = ensure_world(work, 2000)
+    crops = load_crops(world, args.faces)
+    loaded = load_checkpoint(ensure_model(work))
+    rows, base = [], None
+    for b in args.batch_sizes:
+        scorer = Scorer(loaded, batch_size=b, device="cpu")
+        scorer.score(crops[: min(b, len(crops))])  # warm-up
+        rate = faces_per_s(scorer, crops, one_at_a_time=b == 1, repeat=args.repeat)
+        base = base or (rate if b == 1 else None)
+        rows.append([b, rate, rate / base if base else "-", 1000 / rate])
+        print(f"batch {b}: {rate:.0f} faces/s", flush=True)
+    print_table(f"Scoring {len(crops)} crops, model {loaded.card.arch} at "
+                f"{loaded.card.input_size}px, flip TTA (target: batch 128 >= 3x batch 1)",
+                ["batch", "faces/s", "x one-at-a-time", "ms/face"], rows)
+
+
+if __name__ == "__main__":
+    main()
