@@ -88,45 +88,43 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+def _world(factory: pytest.TempPathFactory, name: str, seed: int, scenes: int) -> Path:
+    from omnifer.synth import generate_world
+
+    out = factory.mktemp(name)
+    generate_world(out, seed=seed, labeled_per_class=6, test_per_class=2,
+                   unlabeled_images=scenes, workers=1)
+    return out
+
+
+def _model(factory: pytest.TempPathFactory, name: str, world: Path, epochs: int) -> Path:
+    from omnifer.datasets import read_rafdb
+    from omnifer.train import TrainConfig, train_model
+
+    out = factory.mktemp(name) / "v1"
+    train_model(read_rafdb(world / "labeled", "train"), TrainConfig(epochs=epochs, seed=0), out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def ops_world(tmp_path_factory: pytest.TempPathFactory, omnifer_home: Path) -> Path:
     """A tiny seeded world for the operations tests (24 scenes: a few shards of 4)."""
-    from omnifer.synth import generate_world
-
-    out = tmp_path_factory.mktemp("ops_world")
-    generate_world(out, seed=5, labeled_per_class=6, test_per_class=2, unlabeled_images=24,
-                   workers=1)
-    return out
+    return _world(tmp_path_factory, "ops_world", seed=5, scenes=24)
 
 
 @pytest.fixture(scope="session")
 def ops_model(ops_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A primitive model checkpoint trained for one epoch on ``ops_world``'s labeled faces."""
-    from omnifer.datasets import read_rafdb
-    from omnifer.train import TrainConfig, train_model
-
-    out = tmp_path_factory.mktemp("ops_model") / "v1"
-    train_model(read_rafdb(ops_world / "labeled", "train"), TrainConfig(epochs=1, seed=0), out)
-    return out
+    return _model(tmp_path_factory, "ops_model", ops_world, epochs=1)
 
 
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory, omnifer_home: Path) -> Path:
     """40 seeded scenes and a small labeled set (6 train / 2 test faces per class)."""
-    from omnifer.synth import generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, seed=3, labeled_per_class=6, test_per_class=2, unlabeled_images=40,
-                   workers=1)
-    return out
+    return _world(tmp_path_factory, "world", seed=3, scenes=40)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A primitive model trained for two epochs on ``small_world``'s labeled faces."""
-    from omnifer.datasets import read_rafdb
-    from omnifer.train import TrainConfig, train_model
-
-    out = tmp_path_factory.mktemp("model") / "v1"
-    train_model(read_rafdb(small_world / "labeled", "train"), TrainConfig(epochs=2, seed=0), out)
-    return out
+    return _model(tmp_path_factory, "model", small_world, epochs=2)
