@@ -123,9 +123,12 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
                        ) -> list[list]:
     from omnifer.distill import distill
 
-    cfg = DistillConfig(ipc=args.ipc, image_size=args.image_size, net_width=args.width,
+    cfg = DistillConfig(ipc=args.ipc, image_size=args.retrain_image_size, net_width=args.width,
                         batch_real=args.batch_real, seed=0, device=args.device,
                         iterations=args.dm_iterations)
+    if args.retrain_image_size != args.image_size:
+        sampler = ParquetClassSampler(work / f"curated-{args.scenes}.parquet", classes,
+                                      args.retrain_image_size)
     t = time.monotonic()
     dm = distill(sampler, classes, cfg, progress=False)
     distill_s = time.monotonic() - t
@@ -167,7 +170,11 @@ def main() -> None:
     ap.add_argument("--num-models", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--distilled-copies", type=int, default=1)
+    ap.add_argument("--distilled-copies", type=int, default=4,
+                    help="each distilled image counts this many times in retraining")
+    ap.add_argument("--retrain-image-size", type=int, default=32,
+                    help="image size of the DM set used for retraining")
+    ap.add_argument("--only", choices=["compare", "retrain", "both"], default="both")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -178,7 +185,24 @@ def main() -> None:
     n_curated = curated.count_rows(catalog, curated.current_versions(catalog))
     print(f"curated set: {n_curated} faces mined from {args.scenes} scenes")
 
-    results, classes, sampler = distill_comparison(args, catalog, world, args.work)
+    results: dict = {}
+    if args.only == "retrain":
+        crops = args.work / f"curated-{args.scenes}.parquet"
+        curated.export_crops(catalog, curated.current_versions(catalog), crops)
+        sampler = ParquetClassSampler(crops, None, args.image_size)
+        classes = sampler.classes
+    else:
+        results, classes, sampler = distill_comparison(args, catalog, world, args.work)
+        print_comparison(args, results, classes)
+    if args.only != "compare":
+        print_retrain(args, retrain_comparison(args, catalog, world, args.work, classes,
+                                               sampler))
+    (args.work / "last-run.json").write_text(json.dumps(
+        {"distill": results, "args": vars(args)}, default=str, indent=1))
+    print(f"\nwhole benchmark {time.monotonic() - started:.0f}s")
+
+
+def print_comparison(args: argparse.Namespace, results: dict, classes: list[str]) -> None:
     rows = [[name, 100 * r["mean"], 100 * r["std"], len(r["accs"]),
              r["wall_time_s"] if r["wall_time_s"] == r["wall_time_s"] else ""]
             for name, r in results.items()]
@@ -189,7 +213,8 @@ def main() -> None:
     gain = 100 * (results["dm"]["mean"] - results["random"]["mean"])
     print(f"DM − random subset of the same size: {gain:+.1f} points")
 
-    rows = retrain_comparison(args, catalog, world, args.work, classes, sampler)
+
+def print_retrain(args: argparse.Namespace, rows: list[list]) -> None:
     print_table(f"Retraining the FER model (demo TrainConfig, {args.seeds} seeds), "
                 "tested on the labeled test split",
                 ["training set", "images", "test acc %", "± std", "train s"], rows)
@@ -197,10 +222,6 @@ def main() -> None:
     print(f"labeled + distilled vs labeled only: {dist[2] - base[2]:+.1f} points; "
           f"its training time is {dist[4] / full[4]:.2f} × that of labeled + full curated "
           f"({full[2] - base[2]:+.1f} points)")
-    (args.work / "last-run.json").write_text(json.dumps(
-        {"distill": {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()},
-         "retrain": rows}, default=str, indent=1))
-    print(f"\nwhole benchmark {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":
