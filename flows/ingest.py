@@ -129,7 +129,7 @@ def nightly_ingest(
         retrain_error = trigger.get("error")
         runs.stage(catalog, record, "retrain-trigger", "failed" if retrain_error else
                    ("triggered" if trigger.get("triggered") else "skipped"), trigger)
-    runs.finish(catalog, record, "failed" if failed else "completed", summary)
+    runs.finish(catalog, record, "failed" if failed or retrain_error else "completed", summary)
     try:  # the night's data is committed: a report that fails must not fail the night
         summary["report"] = report_task(catalog, run_id)
         runs.stage(catalog, record, "report", "completed", {"uri": summary["report"]})
