@@ -10,6 +10,7 @@ registry, so "why was v7 not promoted" is a query.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tempfile
@@ -142,7 +143,10 @@ def retrain(
     else:
         distilled_version = None
     version = version or next_version(catalog)
-    work = Path(work_dir) if work_dir else omnifer_home() / "retrain"
+    # Checkpoints are built locally, then copied into the catalog's model store; one folder per
+    # catalog, so two catalogs' "v2" never share (or resume) each other's training state.
+    catalog_key = hashlib.sha256(catalog.catalog.root.encode()).hexdigest()[:10]
+    work = Path(work_dir) if work_dir else omnifer_home() / "retrain" / catalog_key
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix="curated-") as tmp:
         if recipe in ("curated", "all"):
