@@ -499,4 +499,4 @@ def test_report_renders_in_headless_chromium(nights: Nights, chromium: str,
     png = base64.b64decode(shot["data"])
     (tmp_path / "report.png").write_bytes(png)
     with Image.open(io.BytesIO(png)) as im:
-        assert im.size[1] > 2000 and len(set(im.convert("L").getdata())) > 50
+        assert im.size[1] > 2000 and len(set(im.convert("L").tobytes())) > 50
