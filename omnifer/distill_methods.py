@@ -327,6 +327,32 @@ def _dm_loss(
     return loss
 
 
+def _make_dsa(config: DistillConfig) -> DSA | None:
+    return DSA(config.dsa_strategy, mode=config.dsa_mode) if config.dsa_strategy else None
+
+
+def _real_batches(sampler: ClassSampler, num_classes: int, config: DistillConfig,
+                  generator: torch.Generator, device: torch.device) -> list[Tensor]:
+    """One real batch per class, in class order (both methods draw them the same way)."""
+    return [sampler.sample(c, config.batch_real, generator).to(device)
+            for c in range(num_classes)]
+
+
+def _mean_over_random_nets(
+    loss_fn: Callable[..., Tensor], syn: Tensor, real_by_class: list[Tensor], ipc: int,
+    num_nets: int, seed: int, width: int, depth: int,
+) -> float:
+    """A method's loss (no DSA) averaged over ``num_nets`` freshly initialised ConvNets."""
+    gen = torch.Generator().manual_seed(seed)
+    net = ConvNet(len(real_by_class), width=width, depth=depth, image_size=syn.shape[-1])
+    net = net.to(syn.device)
+    total = 0.0
+    for _ in range(num_nets):
+        reset_parameters(net, gen)
+        total += float(loss_fn(net, syn.detach(), real_by_class, ipc, None, gen).detach())
+    return total / num_nets
+
+
 @register_method("dm")
 def distribution_matching(
     syn: Tensor,
@@ -347,13 +373,12 @@ def distribution_matching(
     net.train()
     for p in net.parameters():
         p.requires_grad_(False)
-    dsa = DSA(config.dsa_strategy, mode=config.dsa_mode) if config.dsa_strategy else None
+    dsa = _make_dsa(config)
     opt = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     result = MethodResult()
     for _ in steps:
         reset_parameters(net, generator)
-        real = [sampler.sample(c, config.batch_real, generator).to(device)
-                for c in range(num_classes)]
+        real = _real_batches(sampler, num_classes, config, generator, device)
         loss = _dm_loss(net, syn, real, config.ipc, dsa, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,15 +400,9 @@ def dm_embedding_gap(
 
     No augmentation; a diagnostic that DM should drive down.
     """
-    gen = torch.Generator().manual_seed(seed)
-    net = ConvNet(len(real_by_class), width=width, depth=depth, image_size=syn.shape[-1])
-    net = net.to(syn.device)
-    total = 0.0
     with torch.no_grad():
-        for _ in range(num_nets):
-            reset_parameters(net, gen)
-            total += float(_dm_loss(net, syn.detach(), real_by_class, ipc, None, gen))
-    return total / num_nets
+        return _mean_over_random_nets(_dm_loss, syn, real_by_class, ipc, num_nets, seed, width,
+                                      depth)
 
 
 # --------------------------------------------------------------------------- gradient matching
@@ -446,7 +465,7 @@ def gradient_matching(
     """
     net = _make_net(num_classes, config, device)
     net.train()
-    dsa = DSA(config.dsa_strategy, mode=config.dsa_mode) if config.dsa_strategy else None
+    dsa = _make_dsa(config)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     labels = torch.arange(num_classes, device=device).repeat_interleave(config.ipc)
     result = MethodResult()
@@ -455,8 +474,7 @@ def gradient_matching(
         opt_net = torch.optim.SGD(net.parameters(), lr=config.gm_lr_net)
         total = 0.0
         for outer in range(config.gm_outer_loop):
-            real = [sampler.sample(c, config.batch_real, generator).to(device)
-                    for c in range(num_classes)]
+            real = _real_batches(sampler, num_classes, config, generator, device)
             loss = _gm_loss(net, syn, real, config.ipc, dsa, generator)
             opt_img.zero_grad(set_to_none=True)
             loss.backward()
@@ -484,11 +502,4 @@ def gm_matching_loss(
     depth: int = 3,
 ) -> float:
     """Mean gradient-matching distance over ``num_nets`` fresh random ConvNets (no DSA)."""
-    gen = torch.Generator().manual_seed(seed)
-    net = ConvNet(len(real_by_class), width=width, depth=depth, image_size=syn.shape[-1])
-    net = net.to(syn.device)
-    total = 0.0
-    for _ in range(num_nets):
-        reset_parameters(net, gen)
-        total += float(_gm_loss(net, syn.detach(), real_by_class, ipc, None, gen).detach())
-    return total / num_nets
+    return _mean_over_random_nets(_gm_loss, syn, real_by_class, ipc, num_nets, seed, width, depth)
