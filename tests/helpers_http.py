@@ -84,15 +84,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(image: bytes) -> Iterator[Any]:
-    """Serve on 127.0.0.1:<free port>; yields the server (``.base_url``, ``.hits``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def _serving(handler: type[BaseHTTPRequestHandler], **attrs: Any) -> Iterator[Any]:
+    """A threaded server on 127.0.0.1:<free port> with ``attrs``, ``.lock`` and ``.hits``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    server.image = image
     server.lock = threading.Lock()
-    server.requests = []
     server.hits = Counter()
-    server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    for key, value in attrs.items():
+        setattr(server, key, value)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -100,6 +99,14 @@ def http_server(image: bytes) -> Iterator[Any]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def http_server(image: bytes) -> Iterator[Any]:
+    """Serve on 127.0.0.1:<free port>; yields the server (``.base_url``, ``.hits``)."""
+    with _serving(_Handler, image=image, requests=[]) as server:
+        server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
 
 
 class _S3Busy(BaseHTTPRequestHandler):
@@ -127,15 +134,6 @@ class _S3Busy(BaseHTTPRequestHandler):
 @contextmanager
 def busy_s3_server() -> Iterator[Any]:
     """An 'S3 endpoint' that is always overloaded; ``.endpoint`` and ``.hits``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _S3Busy)
-    server.daemon_threads = True
-    server.lock = threading.Lock()
-    server.hits = Counter()
-    server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(_S3Busy) as server:
+        server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
