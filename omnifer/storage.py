@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,22 +79,28 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"cannot read {uri}: {exc}") from None
 
 
+def _publish_local(path: str, data: bytes, publish: Callable[[Path, str], None]) -> None:
+    """Write ``data`` to a synced temporary file beside ``path``, then ``publish(tmp, path)``
+    (a rename or a link): readers never see a half-written file."""
+    parent = Path(path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old file, or the whole new one."""
     fs, path = resolve(uri)
     try:
         if _is_local(fs):
-            parent = Path(path).parent
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = parent / f".tmp-{uuid.uuid4().hex}"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            _publish_local(path, data, os.replace)
         else:
             with fs.open_output_stream(path) as fh:
                 fh.write(data)
@@ -113,24 +120,21 @@ def create_exclusive(uri: str, data: bytes) -> bool:
     fs, path = resolve(uri)
     if not _is_local(fs):
         return _s3_create_exclusive(uri, data)
-    parent = Path(path).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".tmp-{uuid.uuid4().hex}"
+    created = False
+
+    def link(tmp: Path, dst: str) -> None:
+        nonlocal created
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
+            os.link(tmp, dst)  # fails when the name exists: another writer won
+            created = True
+        except FileExistsError:
+            pass
+
+    try:
+        _publish_local(path, data, link)
     except OSError as exc:
         raise StorageError(f"cannot write {uri}: {exc}") from None
+    return created
 
 
 def _s3_create_exclusive(uri: str, data: bytes) -> bool:
