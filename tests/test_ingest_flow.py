@@ -20,6 +20,7 @@ import yaml
 from omnifer import registry
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_catalog
+from omnifer.testing.faults import catalog_rows
 from omnifer.truth import load_truth, match_faces
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +38,12 @@ def _counts(catalog: DataCatalog) -> dict[str, int]:
 
 def _rows(catalog: DataCatalog) -> dict[str, list[tuple]]:
     """Content of the night, minus what legitimately differs per run (run ids, times)."""
-    con = catalog.connect()
-    q = {
-        "images": "SELECT source_uri, sha256, status, n_faces FROM images",
-        "faces": "SELECT face_id, image_sha256, face_index, bbox FROM faces",
-        "scores": "SELECT face_id, label, round(confidence, 5) FROM scores",
-        "curated": "SELECT face_id, label, curated_version FROM curated",
-    }
-    return {k: sorted(con.execute(v).fetchall()) for k, v in q.items()}
+    return catalog_rows(catalog, {
+        "images": "source_uri, sha256, status, n_faces",
+        "faces": "face_id, image_sha256, face_index, bbox",
+        "scores": "face_id, label, round(confidence, 5)",
+        "curated": "face_id, label, curated_version",
+    })
 
 
 def test_nightly_ingest_end_to_end_then_rerun_adds_nothing(

@@ -26,6 +26,7 @@ from omnifer.config import load_catalog, load_settings
 from omnifer.errors import StorageError
 from omnifer.schemas import FACES, IMAGES, SCORES
 from omnifer.sources import parse_source
+from omnifer.testing.faults import catalog_rows
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-30"
@@ -59,14 +60,12 @@ def _preplan(catalog: DataCatalog, source: str, shard_size: int = 4) -> ingest.I
 
 def _rows(catalog: DataCatalog) -> dict[str, list[tuple]]:
     """The night's content, minus what legitimately differs per run (run ids, times, files)."""
-    con = catalog.connect()
-    q = {
-        "images": "SELECT source_uri, sha256, status, n_faces FROM images",
-        "faces": "SELECT face_id, image_sha256, face_index, bbox FROM faces",
-        "scores": "SELECT face_id, status, label, round(confidence, 4) FROM scores",
-        "curated": "SELECT face_id, label, curated_version FROM curated",
-    }
-    return {k: sorted(con.execute(v).fetchall(), key=repr) for k, v in q.items()}
+    return catalog_rows(catalog, {
+        "images": "source_uri, sha256, status, n_faces",
+        "faces": "face_id, image_sha256, face_index, bbox",
+        "scores": "face_id, status, label, round(confidence, 4)",
+        "curated": "face_id, label, curated_version",
+    })
 
 
 def _assert_no_duplicates(catalog: DataCatalog) -> None:

@@ -193,11 +193,12 @@ CONTENT = {
 """What must equal a clean run's (minus run ids and times, which legitimately differ)."""
 
 
-def catalog_rows(catalog: Any) -> dict[str, list[tuple]]:
-    """Sorted content rows per dataset (see :data:`CONTENT`)."""
+def catalog_rows(catalog: Any, content: dict[str, str] | None = None
+                 ) -> dict[str, list[tuple]]:
+    """Sorted rows per dataset of the columns in ``content`` (default :data:`CONTENT`)."""
     con = catalog.connect()
     return {name: sorted(con.execute(f"SELECT {cols} FROM {name}").fetchall(), key=repr)
-            for name, cols in CONTENT.items()}
+            for name, cols in (content or CONTENT).items()}
 
 
 def compare_rows(clean: dict[str, list[tuple]], other: dict[str, list[tuple]]
