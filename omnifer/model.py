@@ -19,7 +19,6 @@ sha256s; anything missing or corrupt is a :class:`ModelFileError` with one line.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omnifer.errors import ModelFileError
+from omnifer.modelfiles import sha256_file
 from omnifer.version import code_version
 
 WEIGHTS_FILE = "model.safetensors"
@@ -209,15 +209,8 @@ class LoadedModel:
         return preprocess(images, self.card.input_size, self.card.mean, self.card.std, device)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename over ``path``: a crash never leaves a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -243,13 +236,14 @@ def save_checkpoint(
     center = (torch.zeros(card.embedding_dim) if center is None
               else center.detach().cpu().float().contiguous().reshape(-1))
     meta = {"arch": card.arch, "classes": json.dumps(card.classes)}
-    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
+    write_file_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
     extra = {"prototypes": protos, "center": center}
-    _write_atomic(directory / PROTOTYPES_FILE, lambda p: save_file(extra, str(p), metadata=meta))
-    files = {name: _sha256(directory / name) for name in (WEIGHTS_FILE, PROTOTYPES_FILE)}
+    write_file_atomic(directory / PROTOTYPES_FILE,
+                      lambda p: save_file(extra, str(p), metadata=meta))
+    files = {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, PROTOTYPES_FILE)}
     card = card.model_copy(update={"files": files})
     text = json.dumps(card.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    _write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
+    write_file_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
     return card
 
 
@@ -274,7 +268,7 @@ def load_checkpoint(directory: Path | str, device: torch.device | str = "cpu") -
         if not path.is_file():
             raise ModelFileError(f"model checkpoint {directory} is incomplete: {name} missing")
         want = card.files.get(name)
-        if want and _sha256(path) != want:
+        if want and sha256_file(path) != want:
             raise ModelFileError(f"{path} does not match the sha256 in {CARD_FILE}: corrupt or "
                                  "replaced; retrain or copy the checkpoint again")
         try:

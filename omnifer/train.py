@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ from omnifer.model import (
     read_card,
     save_checkpoint,
     to_tensor,
+    write_file_atomic,
 )
 from omnifer.progress import track
 from omnifer.scoring import forward_tta
@@ -164,15 +164,6 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
 
 
 # -- state on disk -------------------------------------------------------------------------------
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
@@ -381,11 +372,13 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
         last = _state_dict_cpu(model)
         if improved:
             best, bad_epochs = {"epoch": epoch, "acc": acc, "loss": vloss}, 0
-            _atomic(state_dir / "best.safetensors", lambda p, s=last: save_file(s, str(p)))
+            write_file_atomic(state_dir / "best.safetensors",
+                              lambda p, s=last: save_file(s, str(p)))
         else:
             bad_epochs += 1
-        _atomic(state_dir / "last.safetensors", lambda p, s=last: save_file(s, str(p)))
-        _atomic(state_dir / "optimizer.pt", lambda p: torch.save(opt.state_dict(), p))
+        write_file_atomic(state_dir / "last.safetensors", lambda p, s=last: save_file(s, str(p)))
+        write_file_atomic(state_dir / "optimizer.pt",
+                          lambda p: torch.save(opt.state_dict(), p))
         _write_state(state_dir, fingerprint, epoch, best, bad_epochs, history, False)
         log.info("epoch %d: %s", epoch, row)
 
@@ -431,7 +424,7 @@ def _write_state(state_dir: Path, fingerprint: str, epoch: int, best: dict[str, 
     text = json.dumps({"fingerprint": fingerprint, "epoch": epoch, "best": best,
                        "bad_epochs": bad_epochs, "history": history, "finished": finished},
                       indent=1, sort_keys=True)
-    _atomic(state_dir / "state.json", lambda p: p.write_text(text))
+    write_file_atomic(state_dir / "state.json", lambda p: p.write_text(text))
 
 
 def _run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.Tensor,

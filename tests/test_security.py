@@ -168,14 +168,15 @@ class _Boom:
 
 
 def test_model_files_load_without_running_pickle_code(tmp_path: Path) -> None:
-    from omnifer.model import WEIGHTS_FILE, _sha256, load_checkpoint
+    from omnifer.model import WEIGHTS_FILE, load_checkpoint
+    from omnifer.modelfiles import sha256_file
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     marker = tmp_path / "pwned"
     weights = ckpt / WEIGHTS_FILE
     weights.write_bytes(pickle.dumps({"state": _Boom(marker)}))
     card = json.loads((ckpt / "card.json").read_text())
-    card["files"][WEIGHTS_FILE] = _sha256(weights)  # the card vouches for it
+    card["files"][WEIGHTS_FILE] = sha256_file(weights)  # the card vouches for it
     (ckpt / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelFileError, match="cannot read"):
         load_checkpoint(ckpt)
