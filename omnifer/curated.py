@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -34,9 +35,10 @@ def _versions_sql(versions: Sequence[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in versions) + "]"
 
 
-def current_versions(catalog: DataCatalog, model_version: str | None = None) -> list[str]:
+def current_versions(catalog: DataCatalog, model_version: str | None = None,
+                     con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
     """Per night, the latest curated version (of ``model_version`` when given), oldest first."""
-    con = catalog.connect()
+    con = con or catalog.connect()
     where = ""
     params: list[str] = []
     if model_version is not None:
@@ -48,19 +50,21 @@ def current_versions(catalog: DataCatalog, model_version: str | None = None) -> 
     return [r[1] for r in rows]
 
 
-def count_rows(catalog: DataCatalog, versions: Sequence[str]) -> int:
+def count_rows(catalog: DataCatalog, versions: Sequence[str],
+               con: duckdb.DuckDBPyConnection | None = None) -> int:
     if not versions:
         return 0
-    con = catalog.connect()
+    con = con or catalog.connect()
     return int(con.execute(
         "SELECT count(DISTINCT face_id) FROM curated "
         f"WHERE list_contains({_versions_sql(versions)}, curated_version)"
     ).fetchone()[0])
 
 
-def distilled_from(catalog: DataCatalog) -> set[str]:
+def distilled_from(catalog: DataCatalog,
+                   con: duckdb.DuckDBPyConnection | None = None) -> set[str]:
     """Curated versions that some distilled version was made from."""
-    con = catalog.connect()
+    con = con or catalog.connect()
     rows = con.execute(
         "SELECT DISTINCT unnest(string_split(curated_version, ',')) FROM distilled "
         "WHERE curated_version IS NOT NULL"
@@ -70,9 +74,10 @@ def distilled_from(catalog: DataCatalog) -> set[str]:
 
 def undistilled_rows(catalog: DataCatalog, model_version: str | None = None) -> int:
     """Curated rows of the current versions that no distilled version covers yet."""
-    covered = distilled_from(catalog)
-    return count_rows(catalog, [v for v in current_versions(catalog, model_version)
-                                if v not in covered])
+    con = catalog.connect()  # one snapshot of the file lists for the three queries
+    covered = distilled_from(catalog, con)
+    return count_rows(catalog, [v for v in current_versions(catalog, model_version, con)
+                                if v not in covered], con)
 
 
 def export_crops(catalog: DataCatalog, versions: Sequence[str], dest: Path | str) -> int:
