@@ -29,7 +29,7 @@ from omnifer.errors import OmniferError
 from omnifer.progress import Meter
 from omnifer.registry import primitive_model
 from omnifer.sources import parse_source
-from tasks.ingest import plan_task, select_task, shard_task, summarize_task
+from tasks.ingest import compact_task, plan_task, select_task, shard_task, summarize_task
 from tasks.report import report_task
 
 
@@ -80,7 +80,7 @@ def nightly_ingest(
     _configure_threads(workers)
     model_version, model_uri = primitive_model(catalog)
     params = ingest.IngestParams(
-        **settings.ingest.model_dump(exclude={"shard_size", "workers"}),
+        **settings.ingest.model_dump(exclude={"shard_size", "workers", "compact"}),
         model_version=model_version,
         model_uri=model_uri,
     )
@@ -115,6 +115,16 @@ def nightly_ingest(
               "skipped": sum(r.skipped for r in results), "failed": len(failed),
               "failed_ids": failed, "ran_ids": [r.shard_id for r in results if not r.skipped]}
     runs.stage(catalog, record, "shards", "failed" if failed else "completed", counts)
+    if not failed and settings.ingest.compact:
+        # One file per night and dataset, before anything reads the night back.
+        try:
+            compacted = compact_task(catalog, ingest_date, run_id)
+            runs.stage(catalog, record, "compact", "completed", compacted)
+        except Exception as exc:  # the shards are committed: queries are slower, not wrong
+            logger.error("compaction of %s failed (the night's rows are intact; `omnifer "
+                         "catalog compact --date %s` tries again): %s", ingest_date,
+                         ingest_date, exc)
+            runs.stage(catalog, record, "compact", "failed", {"error": str(exc)})
 
     policy = settings.selection_policy()
     curated = select_task(catalog, ingest_date, policy, model_version, run_id)

@@ -3,7 +3,7 @@
 ``omnifer retry-failed --stage detect`` runs this flow. Each affected shard is one task
 (``omnifer.retry.retry_shard``: idempotent, safe to crash and rerun); nights whose shards got
 new scores are selected again, which replaces their curated file (its name comes from the
-curated version, so nothing is added twice).
+curated version, so nothing is added twice), and the retried nights are compacted again.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omnifer import retry, runs
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
 from omnifer.errors import OmniferError
-from tasks.ingest import select_task
+from tasks.ingest import compact_task, select_task
 from tasks.retry import find_failed_task, retry_shard_task
 
 
@@ -63,6 +63,15 @@ def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> 
         res = select_task(catalog, night, policy, model_version, run_id)
         curated[night] = res.model_dump()
     runs.stage(catalog, record, "select", "completed", {"nights": curated})
+    if settings.ingest.compact:  # retry files join their night's compacted file
+        touched = sorted({r.ingest_date for r in results if r.retried})
+        compacted = {}
+        for night in touched:
+            try:
+                compacted[night] = compact_task(catalog, night, run_id)
+            except Exception as exc:  # the retry is committed: queries are slower, not wrong
+                logger.error("compaction of %s failed: %s", night, exc)
+        runs.stage(catalog, record, "compact", "completed", {"nights": compacted})
     summary = {"run_id": run_id, "stage": stage, **counts,
                "selected": {k: v["selected"] for k, v in curated.items()},
                "shards_detail": [r.model_dump() for r in results]}

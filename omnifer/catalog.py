@@ -82,10 +82,17 @@ class DataCatalog:
             self.uri(name), columns, filter, SCHEMAS[name], self.partition_cols(name)
         )
 
+    def partition_files(self, name: str, **partition: str) -> list[str]:
+        """The visible files of one partition (after compaction: usually one)."""
+        folder = self.file_uri(name, "x", **partition).rsplit("/", 1)[0]
+        base = storage.resolve(folder)[1].rstrip("/") + "/"
+        return [f for f in storage.dataset_files(self.uri(name))
+                if f.removeprefix("s3://").startswith(base)]
+
     def info(self) -> list[DatasetInfo]:
         out = []
         for name, spec in self.catalog.datasets.items():
-            files = storage.list_files(self.uri(name), ".parquet")
+            files = storage.dataset_files(self.uri(name))
             rows = self.dataset(name).count_rows() if files else 0
             out.append(
                 DatasetInfo(name, self.uri(name), spec.schema_version, spec.partitioning,
@@ -103,7 +110,7 @@ class DataCatalog:
 
     def _register(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
         uri = self.uri(name)
-        files = storage.list_files(uri, ".parquet")
+        files = storage.dataset_files(uri)
         if not files or is_remote(uri):
             # S3 (or empty): an Arrow scan that DuckDB pulls from lazily.
             con.register(f"_arrow_{name}", self.dataset(name))

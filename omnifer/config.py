@@ -95,6 +95,7 @@ class IngestSettings(BaseModel):
     max_bytes: int = Field(50_000_000, ge=1)
     crop_jpeg_quality: int = Field(95, ge=50, le=100)
     score_batch_size: int = Field(128, ge=1)
+    compact: bool = True  # merge a night's shard files into one per dataset once all committed
 
 
 class LabeledSpec(BaseModel):

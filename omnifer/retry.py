@@ -112,14 +112,50 @@ def _find_shard(catalog: DataCatalog, date: str,
                        f"{catalog.aux_uri('_plans')}: cannot tell which objects it holds")
 
 
+def _files_of_shard(catalog: DataCatalog, name: str, date: str, shard_id: str,
+                    schema: pa.Schema) -> dict[str, list[dict[str, Any]]]:
+    """The visible files of ``date`` that hold rows of ``shard_id``, with all their rows:
+    the shard's own files, or the night's compacted file after a compaction."""
+    out = {}
+    for uri in catalog.partition_files(name, ingest_date=date):
+        fs, path = storage.resolve(uri)
+        try:
+            shards = pq.read_table(path, filesystem=fs, columns=["shard_id"])["shard_id"]
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DatasetError(f"cannot read {uri}: {exc}") from None
+        if shard_id in set(shards.to_pylist()):
+            out[uri] = _read_file(uri, schema).to_pylist()
+    return out
+
+
+def _existing_faces(catalog: DataCatalog, date: str, face_ids: list[str]) -> set[str]:
+    if not face_ids:
+        return set()
+    table = catalog.read("faces", columns=["face_id"],
+                         filter=(ds.field("ingest_date") == date)
+                         & ds.field("face_id").isin(face_ids))
+    return set(table["face_id"].to_pylist())
+
+
 def _stamp(run_id: str, shard_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "shard_id": shard_id, "code_version": code_version(),
             "created_at": ingest._now()}
 
 
-def _retry_name(shard_id: str, stage: str, keys: list[str]) -> str:
+def _retry_name(catalog: DataCatalog, date: str, shard_id: str, stage: str,
+                keys: list[str]) -> str:
+    """A name fixed by the retried set, so a rerun rewrites the file instead of adding one;
+    skipping names a compaction has replaced (a file written there would stay hidden)."""
     digest = hashlib.sha256("\n".join([stage, *sorted(keys)]).encode()).hexdigest()[:12]
-    return f"part-{shard_id}-retry-{digest}.parquet"
+    hidden: set[str] = set()
+    for name in ("faces", "scores"):
+        _, partitions = storage.compaction_state(catalog.uri(name))
+        hidden |= set(partitions.get(f"ingest_date={date}", {}).get("replaces", ()))
+    for attempt in range(1, 1000):
+        name = f"part-{shard_id}-retry-{digest}{f'-{attempt}' if attempt > 1 else ''}.parquet"
+        if name not in hidden:
+            return name
+    raise DatasetError(f"no free retry file name for shard {shard_id} of {date}")
 
 
 def _seen_excluding(catalog: DataCatalog, retried: set[tuple[str, str]]) -> set[str]:
@@ -165,9 +201,9 @@ def _retry_images(
     date, sid = shard.ingest_date, shard.shard_id
     result = ShardRetry(ingest_date=date, shard_id=sid, stage=stage,
                         model_version=plan.params.model_version)
-    images_uri = catalog.file_uri("images", f"part-{sid}.parquet", ingest_date=date)
-    images = _read_file(images_uri, IMAGES).to_pylist()
-    failed = {r["source_uri"] for r in images if r["status"] in statuses}
+    holding = _files_of_shard(catalog, "images", date, sid, IMAGES)
+    failed = {r["source_uri"] for rows in holding.values() for r in rows
+              if r["shard_id"] == sid and r["status"] in statuses}
     if not failed:
         return result
     objects = [o for o in shard.objects if o.uri in failed]
@@ -185,19 +221,29 @@ def _retry_images(
         new_rows[obj.uri] = row
         face_rows.extend(faces)
         crops.extend(obj_crops)
+    # Faces already in the catalog stay as they are: a retry that died after writing its faces
+    # (and whose file a compaction has since merged) must not add them a second time.
+    recovered_faces = len(face_rows)
+    there = _existing_faces(catalog, date, [f["face_id"] for f in face_rows])
+    kept = [i for i, f in enumerate(face_rows) if f["face_id"] not in there]
+    face_rows, crops = [face_rows[i] for i in kept], [crops[i] for i in kept]
     score_rows = ingest.score_faces(params, face_rows, crops, stamp)
 
     if face_rows:  # first the new faces and scores, under a name fixed by the retried set
-        name = _retry_name(sid, stage, sorted(failed))
+        name = _retry_name(catalog, date, sid, stage, sorted(failed))
         catalog.write("faces", name, pa.Table.from_pylist(face_rows, schema=FACES),
                       ingest_date=date)
         catalog.write("scores", name, pa.Table.from_pylist(score_rows, schema=SCORES),
                       ingest_date=date)
-    # Then the shard's images, all rows at once: this is the commit.
-    updated = [new_rows.get(r["source_uri"], r) for r in images]
-    catalog.write("images", f"part-{sid}.parquet",
-                  pa.Table.from_pylist(updated, schema=IMAGES), ingest_date=date)
-    _update_marker(catalog, shard, updated, len(face_rows))
+    # Then the file(s) holding the shard's images rows, each all at once: this is the commit.
+    # (A shard file, or the night's compacted file: then the other shards' rows go unchanged.)
+    for uri, rows in holding.items():
+        updated = [new_rows.get(r["source_uri"], r) if r["shard_id"] == sid else r
+                   for r in rows]
+        storage.write_table_atomic(uri, pa.Table.from_pylist(updated, schema=IMAGES))
+    shard_rows = [new_rows.get(r["source_uri"], r) for rows in holding.values() for r in rows
+                  if r["shard_id"] == sid]
+    _update_marker(catalog, shard, shard_rows, recovered_faces)
 
     result.retried = len(objects)
     result.still_failed = sum(r["status"] in statuses for r in new_rows.values())
@@ -232,13 +278,9 @@ def _retry_scores(
     date, sid = shard.ingest_date, shard.shard_id
     result = ShardRetry(ingest_date=date, shard_id=sid, stage="score",
                         model_version=plan.params.model_version)
-    folder = catalog.file_uri("scores", "x", ingest_date=date).rsplit("/", 1)[0]
-    files = {uri: _read_file(uri, SCORES)
-             for uri in storage.list_files(folder, ".parquet")
-             if uri.rsplit("/", 1)[-1].startswith(f"part-{sid}")}
-    failed = {fid for table in files.values()
-              for fid, status in zip(table["face_id"].to_pylist(), table["status"].to_pylist(),
-                                     strict=True) if status in statuses}
+    files = _files_of_shard(catalog, "scores", date, sid, SCORES)
+    failed = {r["face_id"] for rows in files.values() for r in rows
+              if r["shard_id"] == sid and r["status"] in statuses}
     if not failed:
         return result
     faces = catalog.read("faces", filter=ds.field("face_id").isin(sorted(failed))
@@ -270,12 +312,13 @@ def _retry_scores(
             crops.append(crop)
             done.add(face["face_id"])
     new = {r["face_id"]: r for r in ingest.score_faces(params, rows, crops, stamp)}
-    for uri, table in files.items():
-        old = table.to_pylist()
-        if not any(r["face_id"] in new and r["status"] in statuses for r in old):
+    def replaced(row: dict[str, Any]) -> bool:
+        return row["shard_id"] == sid and row["face_id"] in new and row["status"] in statuses
+
+    for uri, old in files.items():
+        if not any(replaced(r) for r in old):
             continue
-        updated = [new[r["face_id"]] if r["face_id"] in new and r["status"] in statuses else r
-                   for r in old]
+        updated = [new[r["face_id"]] if replaced(r) else r for r in old]
         storage.write_table_atomic(uri, pa.Table.from_pylist(updated, schema=SCORES))
     result.retried = len(failed)
     result.still_failed = sum(1 for r in new.values() if r["status"] in statuses)

@@ -13,11 +13,12 @@ ones. Dataset discovery skips names starting with ``_`` or ``.``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -204,6 +205,150 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(out)
 
 
+# -- compaction state -------------------------------------------------------------------------
+# A dataset's compaction state says, per partition folder, which compacted file is current and
+# which files it replaced. It lives in ``<dataset>/_compaction/<seq>.json``: each compaction
+# creates the next sequence number exclusively (so two compactors cannot both win), and readers
+# apply the newest state to what they list. See :mod:`omnifer.compaction`.
+COMPACTION_DIR = "_compaction"
+COMPACTED_PREFIX = "compact-"
+
+
+def _compaction_seqs(uri: str) -> list[int]:
+    fs, path = resolve(uri)
+    selector = pafs.FileSelector(f"{path}/{COMPACTION_DIR}", allow_not_found=True)
+    names = (info.path.rsplit("/", 1)[-1] for info in fs.get_file_info(selector)
+             if info.type == pafs.FileType.File)
+    return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+
+def compaction_uri(uri: str, seq: int) -> str:
+    return f"{uri.rstrip('/')}/{COMPACTION_DIR}/{seq:08d}.json"
+
+
+def compaction_state(uri: str) -> tuple[int, dict]:
+    """``(seq, partitions)`` of the newest compaction state of the dataset at ``uri``.
+
+    ``partitions`` maps a partition folder (``ingest_date=D``) to ``{"file": name,
+    "replaces": [names]}``; ``(0, {})`` when the dataset was never compacted.
+    """
+    for _ in range(5):
+        seqs = _compaction_seqs(uri)
+        if not seqs:
+            return 0, {}
+        try:
+            state = json.loads(read_bytes(compaction_uri(uri, seqs[-1])))
+        except StorageError:  # pruned between the listing and the read: list again
+            continue
+        return seqs[-1], state.get("partitions", {})
+    raise StorageError(f"cannot read the compaction state of {uri}: it keeps changing")
+
+
+def dataset_files(uri: str) -> list[str]:
+    """The committed Parquet files of the dataset at ``uri``, as readers must see them.
+
+    Every file :func:`list_files` finds, minus those a compaction replaced and minus compacted
+    files no compaction state names (a compactor that died before publishing). The state is
+    read before and checked after the listing, so the listing is judged by the state it was
+    taken under: a compaction that publishes meanwhile makes us list again, never see a night
+    twice or not at all.
+    """
+    base = resolve(uri)[1].rstrip("/") + "/"
+    for _ in range(10):
+        seq, partitions = compaction_state(uri)
+        files = list_files(uri, ".parquet")
+        if (_compaction_seqs(uri) or [0])[-1] == seq:
+            return [f for f in files
+                    if _visible(f.removeprefix("s3://").removeprefix(base), partitions)]
+    raise StorageError(f"cannot list {uri}: its compaction state keeps changing")
+
+
+def _visible(rel: str, partitions: dict) -> bool:
+    folder, _, name = rel.rpartition("/")
+    return is_visible(name, partitions.get(folder, {}))
+
+
+def is_visible(name: str, partition: dict) -> bool:
+    """Whether a file of a partition folder is seen, given that folder's compaction state."""
+    if name.startswith(COMPACTED_PREFIX):
+        return partition.get("file") == name
+    return name not in partition.get("replaces", ())
+
+
+def publish_compaction(uri: str, seq: int, partitions: dict, info: dict) -> bool:
+    """Make ``partitions`` the dataset's compaction state number ``seq``; False when another
+    compactor published ``seq`` first (the caller then starts over from the newest state)."""
+    body = {"seq": seq, "partitions": partitions, **info}
+    return create_exclusive(compaction_uri(uri, seq),
+                            json.dumps(body, indent=1, sort_keys=True).encode())
+
+
+def prune_compaction_states(uri: str, keep: int = 20) -> None:
+    """Delete all but the newest ``keep`` states (each holds the whole dataset's state)."""
+    for seq in _compaction_seqs(uri)[:-keep]:
+        delete(compaction_uri(uri, seq))
+
+
+def write_batches_atomic(uri: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                         row_group_rows: int = 16_384, row_group_bytes: int = 64 << 20) -> int:
+    """Stream ``batches`` into one Parquet file that appears all at once; returns its rows.
+
+    For files too large to build in memory (a night's compacted faces): batches are gathered
+    into row groups of about ``row_group_rows`` rows or ``row_group_bytes`` bytes, written to
+    ``<dataset>/_staging/`` and then moved into place (a rename locally, a server-side copy on
+    S3), so a crash leaves at most a staged file that readers skip.
+    """
+    fs, path = resolve(uri)
+    staging = f"{_dataset_dir(path)}/_staging/{uuid.uuid4().hex}.parquet.tmp"
+    rows = 0
+    try:
+        if _is_local(fs):
+            Path(staging).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_output_stream(staging) as sink, \
+                pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+            pending: list[pa.RecordBatch] = []
+            size = 0
+            for batch in batches:
+                pending.append(batch)
+                size += batch.nbytes
+                if sum(b.num_rows for b in pending) >= row_group_rows or size >= row_group_bytes:
+                    rows += _write_group(writer, schema, pending)
+                    pending, size = [], 0
+            rows += _write_group(writer, schema, pending)
+        if _is_local(fs):
+            with open(staging, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staging, path)
+        else:
+            fs.move(staging, path)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from None
+    finally:
+        try:
+            fs.delete_file(staging)
+        except (FileNotFoundError, OSError):
+            pass
+    return rows
+
+
+def _write_group(writer: pq.ParquetWriter, schema: pa.Schema,
+                 batches: list[pa.RecordBatch]) -> int:
+    if not batches:
+        return 0
+    table = pa.Table.from_batches(batches, schema=schema)
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+    return table.num_rows
+
+
+def _dataset_dir(path: str) -> str:
+    """The dataset folder above a file's hive partition folders (``<dataset>/k=v/f``)."""
+    parent = _parent(path)
+    while parent.rsplit("/", 1)[-1].count("=") and _parent(parent):
+        parent = _parent(parent)
+    return parent
+
+
 def delete(uri: str) -> None:
     fs, path = resolve(uri)
     try:
@@ -221,7 +366,7 @@ def dataset(
     as strings so that ``2026-11-29`` stays the text it is in the path.
     """
     fs, path = resolve(uri)
-    files = [f.removeprefix("s3://") for f in list_files(uri, ".parquet")]
+    files = [f.removeprefix("s3://") for f in dataset_files(uri)]
     part_schema = pa.schema([(c, pa.string()) for c in partition_cols])
     full = None
     if schema is not None:

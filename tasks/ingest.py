@@ -50,3 +50,13 @@ def select_task(
 @task(name="summarize", cache_policy=NO_CACHE)
 def summarize_task(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
     return ingest.summarize(catalog, ingest_date)
+
+
+@task(name="compact", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def compact_task(catalog: DataCatalog, ingest_date: str, run_id: str) -> dict[str, Any]:
+    """Merge the night's shard files into one file per dataset (see ``omnifer.compaction``)."""
+    from omnifer import compaction
+
+    attach_prefect_logger()
+    results = compaction.compact_night(catalog, ingest_date, run_id)
+    return {r.dataset: r.model_dump(exclude={"dataset", "ingest_date"}) for r in results}

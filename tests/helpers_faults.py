@@ -7,6 +7,9 @@ MODE:
   kill-staged:K         SIGKILL itself when the K-th Parquet file is staged, before its rename
   kill-marker:K         SIGKILL itself before the rename of the K-th shard marker
   fsize:BYTES           run with RLIMIT_FSIZE = BYTES (a full disk: writes fail with EFBIG)
+  compact-kill:POINT    do not ingest (SOURCE is ignored): compact DATE and SIGKILL itself
+                        when publishing the first compaction state, before-switch or
+                        after-switch (the state file linked, nothing deleted yet)
 
 Prints one line ``committed=N failed=M`` and, per failed shard, ``FAILED <id>: <error>``;
 exits 1 when a shard failed.
@@ -38,8 +41,34 @@ def _kill_on_rename(kind: str, nth: int) -> None:
     os.replace = replace
 
 
+def _kill_on_switch(point: str) -> None:
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):  # noqa: ANN001, ANN202 - os.link's signature
+        if "/_compaction/" in os.fsdecode(dst):
+            if point == "before-switch":
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_link(src, dst, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_link(src, dst, *args, **kwargs)
+
+    os.link = link
+
+
+def _compact(catalog_yaml: str, date: str) -> int:
+    from omnifer.catalog import DataCatalog
+    from omnifer.compaction import compact_night
+    from omnifer.config import load_catalog
+
+    compact_night(DataCatalog(load_catalog(Path(catalog_yaml))), date, "sub-compact")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, catalog_yaml, source, date, shard_size = argv
+    if mode.startswith("compact-kill:"):
+        _kill_on_switch(mode.split(":")[1])
+        return _compact(catalog_yaml, date)
     if mode.startswith("kill-"):
         kind, nth = mode[len("kill-"):].split(":")
         _kill_on_rename(kind, int(nth))

@@ -162,7 +162,9 @@ def test_ingest_from_s3_into_an_s3_catalog(
 
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix="omnifer/faces/")
             .get("Contents", [])]
-    assert keys and all(k.startswith(f"omnifer/faces/ingest_date={DATE}/") for k in keys)
+    parquet = [k for k in keys if k.endswith(".parquet")]  # (and the compaction state)
+    assert parquet == [k for k in parquet if k.startswith(f"omnifer/faces/ingest_date={DATE}/")]
+    assert len(parquet) == 1 and "/compact-" in parquet[0]  # the night, compacted
     con = catalog.connect()
     assert con.execute("SELECT count(*) FROM faces").fetchone()[0] == summary["faces"]
     match = match_faces(catalog.read("faces"), load_truth(small_world), "s3://raw/scenes")

@@ -238,8 +238,11 @@ def test_retry_failed_fetch_detect_and_score(
                         [target]).fetchone()
     sid, sha = shard
 
-    def part(name: str) -> Path:
-        return Path(broken.file_uri(name, f"part-{sid}.parquet", ingest_date=DATE))
+    def night(name: str, schema: pa.Schema, change) -> int:
+        # The flow compacted the night: the shard's rows live in one file per dataset.
+        files = broken.partition_files(name, ingest_date=DATE)
+        assert len(files) == 1 and "/compact-" in files[0]
+        return _rewrite(Path(files[0]), schema, change)
 
     def fail_detect(row: dict) -> dict:
         if row["source_uri"] == target:
@@ -249,10 +252,10 @@ def test_retry_failed_fetch_detect_and_score(
     face_ids = {r[0] for r in con.execute("SELECT face_id FROM faces WHERE image_sha256 = ?",
                                           [sha]).fetchall()}
     assert face_ids
-    assert _rewrite(part("images"), IMAGES, fail_detect) == 1
-    assert _rewrite(part("faces"), FACES,
-                    lambda r: None if r["face_id"] in face_ids else r) == len(face_ids)
-    _rewrite(part("scores"), SCORES, lambda r: None if r["face_id"] in face_ids else r)
+    assert night("images", IMAGES, fail_detect) == 1
+    assert night("faces", FACES,
+                 lambda r: None if r["face_id"] in face_ids else r) == len(face_ids)
+    night("scores", SCORES, lambda r: None if r["face_id"] in face_ids else r)
     assert _rows(broken) != want
     res = runner.invoke(app, ["retry-failed", "--stage", "detect", "--date", DATE])
     assert res.exit_code == 0, (res.output, res.exception)
@@ -271,8 +274,8 @@ def test_retry_failed_fetch_detect_and_score(
                        label_index=None, probs=None, confidence=None, margin=None)
         return row
 
-    changed = sum(_rewrite(p, SCORES, fail_score)
-                  for p in part("scores").parent.glob(f"part-{sid}*.parquet"))
+    changed = sum(_rewrite(Path(p), SCORES, fail_score)
+                  for p in broken.partition_files("scores", ingest_date=DATE))
     assert changed == len(victims_scores) > 0
     assert _rows(broken) != want
     assert [t.shard_id for t in retry.find_failed(broken, "score", DATE)] == [sid]

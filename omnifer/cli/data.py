@@ -52,6 +52,35 @@ def catalog_describe(dataset: str = typer.Argument(None, help="One dataset, or a
         console.print(table)
 
 
+@catalog_app.command("compact")
+def catalog_compact(
+    date: list[str] = typer.Option(None, "--date", help="A night to compact (repeatable)"),
+    all_nights: bool = typer.Option(False, "--all", help="Every night with files"),
+) -> None:
+    """Merge each night's shard files into one file per dataset (safe while others read).
+
+    The nightly flow does this for its own night; use it for older nights, or after
+    `omnifer retry-failed` has added files to a night. Uncommitted shards are left alone.
+    """
+    import datetime as dt
+
+    from omnifer import compaction
+    from omnifer.catalog import DataCatalog
+    from omnifer.errors import ConfigError
+
+    catalog = DataCatalog.from_settings()
+    if bool(date) == all_nights:
+        raise ConfigError("say which nights: --date D (repeatable) or --all")
+    nights = compaction.nights(catalog) if all_nights else date
+    run_id = f"compact-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    table = Table("night", "dataset", "files in", "rows", "result")
+    for night in nights:
+        for r in compaction.compact_night(catalog, night, run_id):
+            table.add_row(night, r.dataset, str(r.inputs or "-"), f"{r.rows:,}" if r.file else "-",
+                          r.file or f"skipped: {r.skipped}")
+    console.print(table)
+
+
 @app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="SQL over the views images, faces, scores, …"),
