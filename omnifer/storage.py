@@ -358,15 +358,17 @@ def delete(uri: str) -> None:
 
 
 def dataset(
-    uri: str, schema: pa.Schema | None = None, partition_cols: tuple[str, ...] = ()
+    uri: str, schema: pa.Schema | None = None, partition_cols: tuple[str, ...] = (),
+    files: list[str] | None = None,
 ) -> ds.Dataset:
     """A Parquet dataset over committed files (empty when none exist).
 
     ``schema`` is the file schema; ``partition_cols`` are hive folder keys (``date=…``), typed
-    as strings so that ``2026-11-29`` stays the text it is in the path.
+    as strings so that ``2026-11-29`` stays the text it is in the path. ``files``: what
+    :func:`dataset_files` returned, when the caller has listed already.
     """
     fs, path = resolve(uri)
-    files = [f.removeprefix("s3://") for f in dataset_files(uri)]
+    files = [f.removeprefix("s3://") for f in (dataset_files(uri) if files is None else files)]
     part_schema = pa.schema([(c, pa.string()) for c in partition_cols])
     full = None
     if schema is not None:
@@ -390,8 +392,18 @@ def read_table(
     schema: pa.Schema | None = None,
     partition_cols: tuple[str, ...] = (),
 ) -> pa.Table:
-    """Read a dataset (or the subset ``columns``/``filter``) into memory."""
-    try:
-        return dataset(uri, schema, partition_cols).to_table(columns=columns, filter=filter)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise StorageError(f"cannot read dataset {uri}: {exc}") from None
+    """Read a dataset (or the subset ``columns``/``filter``) into memory.
+
+    A compaction may delete the files it replaced between our listing and our read; then the
+    listing has changed and the read is simply done again over the new one.
+    """
+    files = dataset_files(uri)
+    for _ in range(3):
+        try:
+            return dataset(uri, schema, partition_cols, files).to_table(columns=columns,
+                                                                         filter=filter)
+        except (OSError, pa.ArrowInvalid) as exc:
+            listed, files = files, dataset_files(uri)
+            if files == listed:
+                raise StorageError(f"cannot read dataset {uri}: {exc}") from None
+    raise StorageError(f"cannot read dataset {uri}: its files keep changing")
