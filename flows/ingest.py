@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.distill import distill_flow
 from flows.retrain import retrain_flow
-from omnifer import ingest, runs
+from omnifer import heap, ingest, runs
 from omnifer.catalog import DataCatalog
 from omnifer.config import RetrainSettings, load_settings
 from omnifer.errors import OmniferError
@@ -54,6 +54,7 @@ def _configure_threads(workers: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    heap.limit_arenas(max(2, workers))  # before the shard threads start: see omnifer.heap
 
 
 @flow(name="nightly-ingest", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, Field
 
-from omnifer import storage
+from omnifer import heap, storage
 from omnifer.catalog import DataCatalog
 from omnifer.errors import DecodeError, OmniferError, SourceError
 from omnifer.schemas import FACES, IMAGES, SCORES
@@ -355,6 +355,8 @@ def process_shard(
     )
     storage.write_bytes_atomic(_marker_uri(catalog, date, shard.shard_id),
                                result.model_dump_json().encode())
+    del image_rows, face_rows, crops, score_rows
+    heap.trim()  # a night of shards must not creep up in RSS (see omnifer.heap)
     return result
 
 
