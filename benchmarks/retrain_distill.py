@@ -2,17 +2,22 @@
 
 Usage::
 
-    python benchmarks/retrain_distill.py [--scenes 6000] [--seeds 3] [--num-models 3]
+    python benchmarks/retrain_distill.py --only retrain            # 20 000 scenes, 3 seeds
+    python benchmarks/retrain_distill.py --scenes 6000 --only compare
 
 1. Builds, once (cached under ``--work``), a demo world like ``make demo``'s (seed 7, 40 labeled
    + 30 test faces per class) with ``--scenes`` unlabeled scenes, trains the primitive model
    with the demo's settings, and mines one night into a catalog of its own (detect, align,
    score, select with ``omnifer.yaml``'s policy) — the curated set.
-2. Distils the curated set at IPC 10 with DM and gradient matching, builds a random subset and
-   herding of the same size, trains ``--num-models`` fresh ConvNets on each and tests them on
-   the world's labeled test split: mean ± std, and the wall time of each distillation.
-3. Retrains the FER model (the demo's TrainConfig) on labeled only, labeled + full curated and
-   labeled + DM-distilled, over ``--seeds`` seeds: test accuracy and training time.
+2. ``compare``: distils the curated set at IPC 10 with DM and gradient matching, builds a random
+   subset and herding of the same size, trains ``--num-models`` fresh ConvNets on each and tests
+   them on the world's labeled test split: mean ± std, and the wall time of each distillation.
+3. ``retrain``: retrains the FER model from scratch (the demo's TrainConfig) on labeled only,
+   labeled + full curated and labeled + DM-distilled (``--retrain-ipc`` images per class, made
+   once and cached), with the same seeds for every recipe, so the gain over labeled only is a
+   paired difference per seed. Prints test accuracy, training time and images seen (images ×
+   epochs run, which does not depend on the machine's load). Labeled + full curated gets
+   ``--full-seeds`` seeds: with 20 000 scenes one run of it costs more than all the others.
 
 More scenes mean a bigger curated set: the full-curated retrain grows with it, the distilled one
 does not. CPU settings by default; ``--dm-iterations 1000 --width 128`` is the paper's setting
@@ -22,6 +27,7 @@ for a GPU worker.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import statistics
@@ -29,6 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from _common import REPO, fresh_catalog, machine, print_table
 
@@ -36,7 +43,7 @@ from omnifer import curated, ingest
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_catalog, load_settings
 from omnifer.datasets import read_rafdb
-from omnifer.distill import DistillConfig, ParquetClassSampler
+from omnifer.distill import DistillConfig, DistilledSet, ParquetClassSampler
 from omnifer.distill_eval import compare_methods
 from omnifer.evaluate import evaluate_model
 from omnifer.model import load_checkpoint
@@ -118,48 +125,75 @@ def _test_split(world: Path, size: int, classes: list[str]):
     return normalize(rgb), labels, classes
 
 
-def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Path,
-                       work: Path, classes: list[str], sampler: ParquetClassSampler
-                       ) -> list[list]:
+def distilled_for_retraining(args: argparse.Namespace, work: Path, classes: list[str]
+                             ) -> DistilledSet:
+    """The DM set the retrain arm uses, made once per setting (cached like the mined night)."""
     from omnifer.distill import distill
 
-    cfg = DistillConfig(ipc=args.ipc, image_size=args.retrain_image_size, net_width=args.width,
-                        batch_real=args.batch_real, seed=0, device=args.device,
-                        iterations=args.dm_iterations)
-    if args.retrain_image_size != args.image_size:
-        sampler = ParquetClassSampler(work / f"curated-{args.scenes}.parquet", classes,
-                                      args.retrain_image_size)
-    t = time.monotonic()
-    dm = distill(sampler, classes, cfg, progress=False)
-    distill_s = time.monotonic() - t
+    cfg = DistillConfig(ipc=args.retrain_ipc, image_size=args.retrain_image_size,
+                        net_width=args.width, batch_real=args.batch_real, seed=0,
+                        device=args.device, iterations=args.dm_iterations)
+    key = hashlib.sha256(cfg.model_dump_json(exclude={"device"}).encode()).hexdigest()[:10]
+    path = work / f"dm-{args.scenes}-ipc{args.retrain_ipc}-{key}.parquet"
+    if path.exists():
+        meta = json.loads(path.with_suffix(".json").read_text())
+        dset = DistilledSet.from_arrow(pq.read_table(path))
+        dset.wall_time_s = meta["wall_time_s"]
+        return dset
+    sampler = ParquetClassSampler(work / f"curated-{args.scenes}.parquet", classes,
+                                  args.retrain_image_size)
+    dset = distill(sampler, classes, cfg, progress=False)
+    pq.write_table(dset.to_arrow(), path)
+    path.with_suffix(".json").write_text(json.dumps({"wall_time_s": dset.wall_time_s}))
+    return dset
+
+
+def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Path,
+                       work: Path, classes: list[str]) -> dict:
+    """Each recipe trained with the same seeds; accuracy, wall time and images seen per run.
+
+    A finished checkpoint under ``WORK/retrain`` is kept (its card holds the measured training
+    time), so a rerun only trains what is missing; ``--retrain-fresh`` trains everything again.
+    """
     labeled = read_rafdb(world / "labeled", "train")
     test = read_rafdb(world / "labeled", "test")
-    mined = curated.to_labeled(catalog, curated.current_versions(catalog),
-                               TrainConfig().input_size, work, classes=labeled.classes)
-    distilled = labeled_from_distilled(dm, "dm", copies=args.distilled_copies)
-    recipes = {"labeled only": [], "labeled + full curated": [mined],
-               "labeled + distilled (DM)": [distilled]}
-    rows = []
-    for name, extra in recipes.items():
-        accs, secs = [], []
-        for seed in range(args.seeds):
-            out = work / "retrain" / f"{name.replace(' ', '_')}-s{seed}"
-            t = time.monotonic()
-            card = train_model(labeled, TrainConfig(seed=SEED + seed, resume=False), out,
+    dm: list[DistilledSet] = []
+
+    def distilled() -> list:
+        dm.append(distilled_for_retraining(args, work, classes))
+        return [labeled_from_distilled(dm[0], "dm", copies=args.distilled_copies)]
+
+    def mined() -> list:
+        return [curated.to_labeled(catalog, curated.current_versions(catalog),
+                                   TrainConfig().input_size, work, classes=labeled.classes)]
+
+    dm_tag = f"distilled-ipc{args.retrain_ipc}x{args.distilled_copies}"
+    recipes = {"labeled only": ("labeled", list, args.seeds),
+               "labeled + full curated": ("curated", mined, args.full_seeds or args.seeds),
+               f"labeled + distilled (DM, IPC {args.retrain_ipc})": (dm_tag, distilled,
+                                                                     args.seeds)}
+    runs: dict[str, list[dict]] = {name: [] for name in recipes}
+    for name in sorted(recipes, key=lambda n: "full" in n):  # the costly one last
+        tag, make_extra, seeds = recipes[name]
+        extra = make_extra()
+        for seed in range(seeds):
+            out = work / "retrain" / f"{args.scenes}-{tag}-s{seed}"
+            card = train_model(labeled, TrainConfig(seed=SEED + seed,
+                                                    resume=not args.retrain_fresh), out,
                                extra=extra)
-            secs.append(card.metrics.get("train_seconds", time.monotonic() - t))
-            accs.append(evaluate_model(load_checkpoint(out), test)["accuracy"])
-        n = len(labeled) + sum(len(e) for e in extra)
-        rows.append([name, n, 100 * statistics.mean(accs),
-                     100 * (statistics.stdev(accs) if len(accs) > 1 else 0.0),
-                     statistics.mean(secs)])
-    rows.append(["(DM distillation itself)", args.ipc * len(classes), "", "", distill_s])
-    return rows
+            acc = evaluate_model(load_checkpoint(out), test)["accuracy"]
+            runs[name].append({"seed": seed, "accuracy": acc,
+                               "seconds": card.metrics["train_seconds"],
+                               "images_seen": card.metrics["n_train"] * card.metrics["epochs_run"],
+                               "images": len(labeled) + sum(len(e) for e in extra)})
+            print(f"  {name}, seed {seed}: {100 * acc:.1f} %, "
+                  f"{card.metrics['train_seconds']:.0f}s", flush=True)
+    return {"runs": runs, "distill_s": dm[0].wall_time_s, "distilled": len(dm[0].labels)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenes", type=int, default=6000)
+    ap.add_argument("--scenes", type=int, default=20000)
     ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench" / "retrain")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=32)
@@ -169,11 +203,19 @@ def main() -> None:
     ap.add_argument("--gm-iterations", type=int, default=10)
     ap.add_argument("--num-models", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--distilled-copies", type=int, default=4,
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="retraining seeds (the same for every recipe: gains are paired)")
+    ap.add_argument("--full-seeds", type=int, default=1,
+                    help="seeds for labeled + full curated (0: --seeds); one run of it costs "
+                    "as much as all the others together")
+    ap.add_argument("--retrain-ipc", type=int, default=50,
+                    help="IPC of the DM set used for retraining (the comparison uses --ipc)")
+    ap.add_argument("--distilled-copies", type=int, default=1,
                     help="each distilled image counts this many times in retraining")
     ap.add_argument("--retrain-image-size", type=int, default=32,
                     help="image size of the DM set used for retraining")
+    ap.add_argument("--retrain-fresh", action="store_true",
+                    help="retrain every recipe even where WORK/retrain holds its checkpoint")
     ap.add_argument("--only", choices=["compare", "retrain", "both"], default="both")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -186,19 +228,20 @@ def main() -> None:
     print(f"curated set: {n_curated} faces mined from {args.scenes} scenes")
 
     results: dict = {}
+    retrained: dict = {}
     if args.only == "retrain":
         crops = args.work / f"curated-{args.scenes}.parquet"
-        curated.export_crops(catalog, curated.current_versions(catalog), crops)
-        sampler = ParquetClassSampler(crops, None, args.image_size)
-        classes = sampler.classes
+        if not crops.exists():
+            curated.export_crops(catalog, curated.current_versions(catalog), crops)
+        classes = ParquetClassSampler(crops, None, args.image_size).classes
     else:
-        results, classes, sampler = distill_comparison(args, catalog, world, args.work)
+        results, classes, _ = distill_comparison(args, catalog, world, args.work)
         print_comparison(args, results, classes)
     if args.only != "compare":
-        print_retrain(args, retrain_comparison(args, catalog, world, args.work, classes,
-                                               sampler))
+        retrained = retrain_comparison(args, catalog, world, args.work, classes)
+        print_retrain(args, retrained)
     (args.work / "last-run.json").write_text(json.dumps(
-        {"distill": results, "args": vars(args)}, default=str, indent=1))
+        {"distill": results, "retrain": retrained, "args": vars(args)}, default=str, indent=1))
     print(f"\nwhole benchmark {time.monotonic() - started:.0f}s")
 
 
@@ -214,14 +257,41 @@ def print_comparison(args: argparse.Namespace, results: dict, classes: list[str]
     print(f"DM − random subset of the same size: {gain:+.1f} points")
 
 
-def print_retrain(args: argparse.Namespace, rows: list[list]) -> None:
-    print_table(f"Retraining the FER model (demo TrainConfig, {args.seeds} seeds), "
-                "tested on the labeled test split",
-                ["training set", "images", "test acc %", "± std", "train s"], rows)
-    base, full, dist = rows[0], rows[1], rows[2]
-    print(f"labeled + distilled vs labeled only: {dist[2] - base[2]:+.1f} points; "
-          f"its training time is {dist[4] / full[4]:.2f} × that of labeled + full curated "
-          f"({full[2] - base[2]:+.1f} points)")
+def print_retrain(args: argparse.Namespace, result: dict) -> None:
+    runs = result["runs"]
+    names = list(runs)
+    base = {r["seed"]: r["accuracy"] for r in runs[names[0]]}
+
+    def pm(values: list[float]) -> str:
+        if len(values) < 2:
+            return f"{values[0]:+.1f}"
+        return f"{statistics.mean(values):+.1f} ± {statistics.stdev(values):.1f}"
+
+    rows = []
+    for name in names:
+        accs = [100 * r["accuracy"] for r in runs[name]]
+        sd = f"{statistics.stdev(accs):.1f}" if len(accs) > 1 else ""
+        gains = [100 * (r["accuracy"] - base[r["seed"]]) for r in runs[name] if r["seed"] in base]
+        rows.append([name, runs[name][0]["images"], len(accs), f"{statistics.mean(accs):.1f}",
+                     sd, "" if name == names[0] else pm(gains),
+                     round(statistics.mean(r["seconds"] for r in runs[name]), 1),
+                     statistics.mean(r["images_seen"] for r in runs[name]) / 1000])
+    rows.append(["(DM distillation itself, once)", result["distilled"], "", "", "", "",
+                 round(result["distill_s"], 1), ""])
+    print_table("Retraining the FER model from scratch (demo TrainConfig), the same seeds for "
+                "every recipe, tested on the labeled test split",
+                ["training set", "images", "seeds", "test acc %", "± std",
+                 "paired gain (pts)", "train s", "k images seen"], rows)
+    full, dist = names[1], names[2]
+    gains = [100 * (r["accuracy"] - base[r["seed"]]) for r in runs[dist]]
+    wins = sum(g > 0 for g in gains)
+    t_dist = statistics.mean(r["seconds"] for r in runs[dist])
+    t_full = statistics.mean(r["seconds"] for r in runs[full])
+    seen = (statistics.mean(r["images_seen"] for r in runs[dist])
+            / statistics.mean(r["images_seen"] for r in runs[full]))
+    print(f"labeled + distilled vs labeled only: {pm(gains)} points (paired over {len(gains)} "
+          f"seeds, better on {wins}); its training time is {t_dist / t_full:.2f} × that of "
+          f"labeled + full curated ({seen:.2f} × its images seen)")
 
 
 if __name__ == "__main__":
