@@ -10,10 +10,14 @@ rewrite of the shards those rows live in. Why it is safe to run, crash and run a
 * New faces and scores of recovered images go into one new file per retry whose name comes
   from the retried set (``part-<shard>-retry-<hash>.parquet``): a crash before the next step
   leaves the images rows still failed, so the rerun retries the same set and rewrites the same
-  file instead of adding a second copy.
-* Then the shard's ``images`` file is replaced atomically with the updated rows (status,
-  error, n_faces, the retry's run id). Readers see the old shard or the new one, never both.
-* A score retry rewrites the affected ``scores`` files in place (failed rows replaced).
+  file instead of adding a second copy. Faces already in the catalog are not written again
+  (that file may have been merged by a compaction meanwhile), and a name a compaction has
+  replaced is skipped.
+* Then the file holding the shard's ``images`` rows (the shard's own, or the night's
+  compacted file) is replaced atomically with the updated rows (status, error, n_faces, the
+  retry's run id). Readers see the old rows or the new ones, never both. Shards retried in
+  parallel threads rewrite a shared file one at a time (:func:`_rewrite_rows`).
+* A score retry rewrites the files holding the failed ``scores`` rows in place.
 
 Stages and the statuses they retry are in :data:`RETRY_STATUSES`.
 """
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -126,6 +132,26 @@ def _files_of_shard(catalog: DataCatalog, name: str, date: str, shard_id: str,
         if shard_id in set(shards.to_pylist()):
             out[uri] = _read_file(uri, schema).to_pylist()
     return out
+
+
+_file_locks: dict[str, threading.Lock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _rewrite_rows(uri: str, schema: pa.Schema,
+                  update: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Read ``uri``, apply ``update`` to each row, write it back atomically; the new rows.
+
+    After a compaction one file holds every shard of the night, and the retry flow retries
+    shards in parallel threads: the read-modify-write is serialised per file, and reads the
+    file again under the lock, so no shard's update overwrites another's.
+    """
+    with _file_locks_guard:
+        lock = _file_locks.setdefault(uri, threading.Lock())
+    with lock:
+        rows = [update(r) for r in _read_file(uri, schema).to_pylist()]
+        storage.write_table_atomic(uri, pa.Table.from_pylist(rows, schema=schema))
+    return rows
 
 
 def _existing_faces(catalog: DataCatalog, date: str, face_ids: list[str]) -> set[str]:
@@ -237,12 +263,13 @@ def _retry_images(
                       ingest_date=date)
     # Then the file(s) holding the shard's images rows, each all at once: this is the commit.
     # (A shard file, or the night's compacted file: then the other shards' rows go unchanged.)
-    for uri, rows in holding.items():
-        updated = [new_rows.get(r["source_uri"], r) if r["shard_id"] == sid else r
-                   for r in rows]
-        storage.write_table_atomic(uri, pa.Table.from_pylist(updated, schema=IMAGES))
-    shard_rows = [new_rows.get(r["source_uri"], r) for rows in holding.values() for r in rows
-                  if r["shard_id"] == sid]
+    shard_rows: list[dict[str, Any]] = []
+    for uri in holding:
+        def update(row: dict[str, Any]) -> dict[str, Any]:
+            return new_rows.get(row["source_uri"], row) if row["shard_id"] == sid else row
+
+        updated = _rewrite_rows(uri, IMAGES, update)
+        shard_rows += [r for r in updated if r["shard_id"] == sid]
     _update_marker(catalog, shard, shard_rows, recovered_faces)
 
     result.retried = len(objects)
@@ -316,10 +343,8 @@ def _retry_scores(
         return row["shard_id"] == sid and row["face_id"] in new and row["status"] in statuses
 
     for uri, old in files.items():
-        if not any(replaced(r) for r in old):
-            continue
-        updated = [new[r["face_id"]] if replaced(r) else r for r in old]
-        storage.write_table_atomic(uri, pa.Table.from_pylist(updated, schema=SCORES))
+        if any(replaced(r) for r in old):
+            _rewrite_rows(uri, SCORES, lambda r: new[r["face_id"]] if replaced(r) else r)
     result.retried = len(failed)
     result.still_failed = sum(1 for r in new.values() if r["status"] in statuses)
     result.still_failed += len(failed - set(new))  # faces whose rows are gone
