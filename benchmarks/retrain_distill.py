@@ -95,7 +95,7 @@ def build(work: Path, scenes: int) -> tuple[Path, DataCatalog, Path]:
 
 def distill_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Path,
                        work: Path) -> tuple[dict, list[str], ParquetClassSampler]:
-    crops = work / f"curated-{args.scenes}.parquet"
+    crops = _crops_path(args, catalog)
     curated.export_crops(catalog, curated.current_versions(catalog), crops)
     sampler = ParquetClassSampler(crops, None, args.image_size)
     classes = sampler.classes
@@ -125,23 +125,47 @@ def _test_split(world: Path, size: int, classes: list[str]):
     return normalize(rgb), labels, classes
 
 
-def distilled_for_retraining(args: argparse.Namespace, work: Path, classes: list[str]
-                             ) -> DistilledSet:
+def _crops_path(args: argparse.Namespace, catalog: DataCatalog) -> Path:
+    """The exported curated crops, named after the curated version(s) they hold."""
+    tag = hashlib.sha256(",".join(curated.current_versions(catalog)).encode()).hexdigest()[:8]
+    return args.work / f"curated-{args.scenes}-{tag}.parquet"
+
+
+def reselect(catalog: DataCatalog, min_confidence: float) -> None:
+    """Select the mined night again with ``min_confidence`` (a new curated version) unless
+    its newest curated version already used it."""
+    from omnifer.selection import SelectionPolicy
+
+    (latest,) = curated.current_versions(catalog)
+    con = catalog.connect()
+    policy = json.loads(con.execute("SELECT any_value(policy) FROM curated WHERE "
+                                    "curated_version = ?", [latest]).fetchone()[0])
+    if policy.get("min_confidence") == min_confidence:
+        return
+    raw = {**load_settings().selection, "min_confidence": min_confidence,
+           "default_confidence": min_confidence}
+    result = ingest.select_curated(catalog, DATE, SelectionPolicy(**raw), "v1", "bench")
+    print(f"  re-selected with min_confidence {min_confidence}: {result.selected} curated",
+          flush=True)
+
+
+def distilled_for_retraining(args: argparse.Namespace, catalog: DataCatalog, work: Path,
+                             classes: list[str]) -> DistilledSet:
     """The DM set the retrain arm uses, made once per setting (cached like the mined night)."""
     from omnifer.distill import distill
 
     cfg = DistillConfig(ipc=args.retrain_ipc, image_size=args.retrain_image_size,
                         net_width=args.width, batch_real=args.batch_real, seed=0,
                         device=args.device, iterations=args.dm_iterations)
-    key = hashlib.sha256(cfg.model_dump_json(exclude={"device"}).encode()).hexdigest()[:10]
+    key = hashlib.sha256((cfg.model_dump_json(exclude={"device"})
+                          + ",".join(curated.current_versions(catalog))).encode()).hexdigest()[:10]
     path = work / f"dm-{args.scenes}-ipc{args.retrain_ipc}-{key}.parquet"
     if path.exists():
         meta = json.loads(path.with_suffix(".json").read_text())
         dset = DistilledSet.from_arrow(pq.read_table(path))
         dset.wall_time_s = meta["wall_time_s"]
         return dset
-    sampler = ParquetClassSampler(work / f"curated-{args.scenes}.parquet", classes,
-                                  args.retrain_image_size)
+    sampler = ParquetClassSampler(_crops_path(args, catalog), classes, args.retrain_image_size)
     dset = distill(sampler, classes, cfg, progress=False)
     pq.write_table(dset.to_arrow(), path)
     path.with_suffix(".json").write_text(json.dumps({"wall_time_s": dset.wall_time_s}))
@@ -160,7 +184,7 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
     dm: list[DistilledSet] = []
 
     def distilled() -> list:
-        dm.append(distilled_for_retraining(args, work, classes))
+        dm.append(distilled_for_retraining(args, catalog, work, classes))
         return [labeled_from_distilled(dm[0], "dm", copies=args.distilled_copies)]
 
     def mined() -> list:
@@ -194,6 +218,9 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=int, default=20000)
+    ap.add_argument("--min-confidence", type=float, default=None,
+                    help="select the mined night again with this confidence threshold "
+                         "(default: omnifer.yaml's policy)")
     ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench" / "retrain")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=32)
@@ -224,13 +251,15 @@ def main() -> None:
     started = time.monotonic()
     print(f"machine: {machine()}")
     world, catalog, _ = build(args.work, args.scenes)
+    if args.min_confidence is not None:
+        reselect(catalog, args.min_confidence)
     n_curated = curated.count_rows(catalog, curated.current_versions(catalog))
     print(f"curated set: {n_curated} faces mined from {args.scenes} scenes")
 
     results: dict = {}
     retrained: dict = {}
     if args.only == "retrain":
-        crops = args.work / f"curated-{args.scenes}.parquet"
+        crops = _crops_path(args, catalog)
         if not crops.exists():
             curated.export_crops(catalog, curated.current_versions(catalog), crops)
         classes = ParquetClassSampler(crops, None, args.image_size).classes

@@ -65,13 +65,17 @@ def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> 
     runs.stage(catalog, record, "select", "completed", {"nights": curated})
     if settings.ingest.compact:  # retry files join their night's compacted file
         touched = sorted({r.ingest_date for r in results if r.retried})
-        compacted = {}
+        compacted: dict[str, Any] = {}
         for night in touched:
             try:
                 compacted[night] = compact_task(catalog, night, run_id)
             except Exception as exc:  # the retry is committed: queries are slower, not wrong
-                logger.error("compaction of %s failed: %s", night, exc)
-        runs.stage(catalog, record, "compact", "completed", {"nights": compacted})
+                logger.error("compaction of %s failed (`omnifer catalog compact --date %s` "
+                             "tries again): %s", night, night, exc)
+                compacted[night] = {"error": str(exc)}
+        ok = all("error" not in v for v in compacted.values())
+        runs.stage(catalog, record, "compact", "completed" if ok else "failed",
+                   {"nights": compacted})
     summary = {"run_id": run_id, "stage": stage, **counts,
                "selected": {k: v["selected"] for k, v in curated.items()},
                "shards_detail": [r.model_dump() for r in results]}
