@@ -72,8 +72,9 @@ class DataCatalog:
         storage.write_table_atomic(uri, table)
         return uri
 
-    def dataset(self, name: str) -> ds.Dataset:
-        return storage.dataset(self.uri(name), SCHEMAS[name], self.partition_cols(name))
+    def dataset(self, name: str, files: list[str] | None = None) -> ds.Dataset:
+        """``files``: what ``storage.dataset_files`` gave, when the caller listed already."""
+        return storage.dataset(self.uri(name), SCHEMAS[name], self.partition_cols(name), files)
 
     def read(
         self, name: str, columns: list[str] | None = None, filter: ds.Expression | None = None
@@ -93,7 +94,7 @@ class DataCatalog:
         out = []
         for name, spec in self.catalog.datasets.items():
             files = storage.dataset_files(self.uri(name))
-            rows = self.dataset(name).count_rows() if files else 0
+            rows = self.dataset(name, files).count_rows() if files else 0
             out.append(
                 DatasetInfo(name, self.uri(name), spec.schema_version, spec.partitioning,
                             len(files), rows)
@@ -113,7 +114,7 @@ class DataCatalog:
         files = storage.dataset_files(uri)
         if not files or is_remote(uri):
             # S3 (or empty): an Arrow scan that DuckDB pulls from lazily.
-            con.register(f"_arrow_{name}", self.dataset(name))
+            con.register(f"_arrow_{name}", self.dataset(name, files))
             con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "_arrow_{name}"')
             return
         cols = self.partition_cols(name)

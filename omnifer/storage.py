@@ -169,10 +169,7 @@ def write_table_atomic(uri: str, table: pa.Table) -> None:
         write_bytes_atomic(uri, sink.getvalue())
         return
     # Local: stage inside the dataset's _staging folder (skipped by readers), then rename.
-    dataset_dir = Path(path).parent
-    while dataset_dir.name.count("=") and dataset_dir.parent != dataset_dir:
-        dataset_dir = dataset_dir.parent
-    staging = dataset_dir / "_staging"
+    staging = Path(_dataset_dir(path)) / "_staging"
     try:
         staging.mkdir(parents=True, exist_ok=True)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
