@@ -163,7 +163,7 @@ def _batches(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema
 
 def _sweep(fs: pafs.FileSystem, folder_path: str, present: set[str], partition: dict) -> int:
     """Delete what the state hides: replaced files, and compacted files nobody published."""
-    doomed = [n for n in present if n in set(partition.get("replaces", ()))]
+    doomed = sorted(present & set(partition.get("replaces", ())))
     unnamed = [n for n in present
                if n.startswith(storage.COMPACTED_PREFIX) and n != partition.get("file")]
     now = time.time_ns()

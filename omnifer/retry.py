@@ -100,10 +100,10 @@ def find_failed(catalog: DataCatalog, stage: str, date: str | None = None) -> li
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _read_file(uri: str, schema: pa.Schema) -> pa.Table:
+def _read_file(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     fs, path = storage.resolve(uri)
     try:
-        return pq.read_table(path, filesystem=fs, schema=schema)
+        return pq.read_table(path, filesystem=fs, schema=schema, columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DatasetError(f"cannot read {uri}: {exc}") from None
 
@@ -124,12 +124,7 @@ def _files_of_shard(catalog: DataCatalog, name: str, date: str, shard_id: str,
     the shard's own files, or the night's compacted file after a compaction."""
     out = {}
     for uri in catalog.partition_files(name, ingest_date=date):
-        fs, path = storage.resolve(uri)
-        try:
-            shards = pq.read_table(path, filesystem=fs, columns=["shard_id"])["shard_id"]
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DatasetError(f"cannot read {uri}: {exc}") from None
-        if shard_id in set(shards.to_pylist()):
+        if shard_id in set(_read_file(uri, schema, ["shard_id"])["shard_id"].to_pylist()):
             out[uri] = _read_file(uri, schema).to_pylist()
     return out
 
