@@ -17,9 +17,10 @@ Usage::
    them on that test split: mean ± std, and the wall time of each distillation.
 3. ``retrain``: retrains the FER model from scratch (the demo's TrainConfig) on labeled only,
    labeled + full curated and labeled + DM-distilled (``--retrain-ipc`` images per class, made
-   once and cached), with the same seeds for every recipe, so the gain over labeled only is a
-   paired difference per seed. Prints test accuracy, training time and images seen (images ×
-   epochs run, which does not depend on the machine's load). Labeled + full curated gets
+   once and cached; soft targets from the primitive model, ``--teacher-weight``, as
+   ``omnifer retrain`` does), with the same seeds for every recipe, so the gain over labeled
+   only is a paired difference per seed. Prints test accuracy, training time and images seen
+   (images × epochs run, which does not depend on the machine's load). Labeled + full curated gets
    ``--full-seeds`` seeds: with 20 000 scenes one run of it costs more than all the others.
 
 More scenes mean a bigger curated set: the full-curated retrain grows with it, the distilled one
@@ -44,13 +45,13 @@ from _common import REPO, fresh_catalog, machine, print_table
 
 from omnifer import curated, ingest
 from omnifer.catalog import DataCatalog
-from omnifer.config import load_catalog, load_settings
+from omnifer.config import RetrainSettings, load_catalog, load_settings
 from omnifer.datasets import read_rafdb
 from omnifer.distill import DistillConfig, DistilledSet, ParquetClassSampler
 from omnifer.distill_eval import compare_methods
 from omnifer.evaluate import evaluate_model
 from omnifer.model import load_checkpoint
-from omnifer.retrain import labeled_from_distilled
+from omnifer.retrain import labeled_from_distilled, with_teacher_targets
 from omnifer.sources import LocalSource
 from omnifer.train import TrainConfig, train_model
 
@@ -207,25 +208,42 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
 
     def distilled() -> list:
         dm.append(distilled_for_retraining(args, catalog, work, classes))
-        return [labeled_from_distilled(dm[0], "dm", copies=args.distilled_copies)]
+        data = labeled_from_distilled(dm[0], "dm", copies=args.distilled_copies)
+        if args.teacher_weight:
+            data = with_teacher_targets(data, load_checkpoint(work / "primitive-v1"),
+                                        args.teacher_weight)
+        return [data]
 
     def mined() -> list:
         return [curated.to_labeled(catalog, curated.current_versions(catalog),
                                    TrainConfig().input_size, work, classes=labeled.classes)]
 
     dm_tag = f"distilled-ipc{args.retrain_ipc}x{args.distilled_copies}"
+    soft = ""
+    if args.teacher_weight:
+        dm_tag += f"-teacher{args.teacher_weight:g}"
+        soft = f", soft targets {args.teacher_weight:g}"
     recipes = {"labeled only": ("labeled", list, args.seeds),
                "labeled + full curated": ("curated", mined, args.full_seeds or args.seeds),
-               f"labeled + distilled (DM, IPC {args.retrain_ipc})": (dm_tag, distilled,
-                                                                     args.seeds)}
+               f"labeled + distilled (DM, IPC {args.retrain_ipc}{soft})": (dm_tag, distilled,
+                                                                           args.seeds)}
+    if args.teacher_weight:
+        # The control: the same soft targets on the labeled images alone. What the teacher
+        # passes on by itself, without a mined face.
+        recipes[f"labeled only{soft} (control)"] = (f"labeled-teacher{args.teacher_weight:g}",
+                                                     list, args.seeds)
     runs: dict[str, list[dict]] = {name: [] for name in recipes}
     for name in sorted(recipes, key=lambda n: "full" in n):  # the costly one last
         tag, make_extra, seeds = recipes[name]
         extra = make_extra()
+        train = labeled
+        if "control" in name:
+            train = with_teacher_targets(labeled, load_checkpoint(work / "primitive-v1"),
+                                         args.teacher_weight)
         for seed in range(seeds):
             out = work / "retrain" / f"{args.scenes}-{tag}-s{seed}"
-            card = train_model(labeled, TrainConfig(seed=SEED + seed,
-                                                    resume=not args.retrain_fresh), out,
+            card = train_model(train, TrainConfig(seed=SEED + seed,
+                                                  resume=not args.retrain_fresh), out,
                                extra=extra)
             acc = evaluate_model(load_checkpoint(out), test)["accuracy"]
             runs[name].append({"seed": seed, "accuracy": acc,
@@ -268,6 +286,10 @@ def main() -> None:
                     help="IPC of the DM set used for retraining (the comparison uses --ipc)")
     ap.add_argument("--distilled-copies", type=int, default=1,
                     help="each distilled image counts this many times in retraining")
+    ap.add_argument("--teacher-weight", type=float, default=RetrainSettings().teacher_weight,
+                    help="soft targets for the distilled images: this share of the primitive "
+                    "model's softmax, the rest on their own class (0: one-hot labels; "
+                    "default: retrain.teacher_weight's default)")
     ap.add_argument("--retrain-image-size", type=int, default=32,
                     help="image size of the DM set used for retraining")
     ap.add_argument("--retrain-fresh", action="store_true",
@@ -354,6 +376,12 @@ def print_retrain(args: argparse.Namespace, result: dict) -> None:
     print(f"labeled + distilled vs labeled only: {pm(gains)} points (paired over {len(gains)} "
           f"seeds, better on {wins}); its training time is {t_dist / t_full:.2f} × that of "
           f"labeled + full curated ({seen:.2f} × its images seen)")
+    if len(names) > 3:
+        control = {r["seed"]: r["accuracy"] for r in runs[names[3]]}
+        over = [100 * (r["accuracy"] - control[r["seed"]]) for r in runs[dist]
+                if r["seed"] in control]
+        print(f"labeled + distilled vs the teacher alone (control): {pm(over)} points "
+              f"(better on {sum(g > 0 for g in over)} of {len(over)} seeds)")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,9 @@ class RetrainSettings(BaseModel):
     train: dict[str, Any] = Field(default_factory=lambda: {"device": "auto"})
     distill: dict[str, Any] = Field(default_factory=dict)
     distilled_copies: int = Field(1, ge=1)  # each distilled image counts this many times
+    # Soft targets for distilled images: this share of the parent model's softmax, the rest on
+    # the image's own class (0: one-hot labels). See omnifer.retrain.with_teacher_targets.
+    teacher_weight: float = Field(0.5, ge=0, le=1)
     min_gain: float = Field(0.0, ge=0)
 
 

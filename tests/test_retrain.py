@@ -70,6 +70,7 @@ def test_nightly_flow_triggers_distill_and_retrain_with_lineage(
     assert lineage["recipe"] == "distilled"
     assert lineage["distilled"] == distilled[0][0]
     assert lineage["curated"] == [summary["curated_version"]]
+    assert lineage["teacher"] == {"model_version": "v1", "weight": 0.5}  # soft targets from v1
     verdict_event = "promoted" if "promoted" in events else "rejected"
     verdict = json.loads(events[verdict_event][3])
     assert verdict["parent_version"] == "v1"
@@ -94,6 +95,35 @@ def test_nightly_flow_triggers_distill_and_retrain_with_lineage(
     assert again["retraining"]["triggered"] is False
     assert again["retraining"]["new_curated"] == 0
     assert con.execute("SELECT count(DISTINCT model_version) FROM models").fetchone()[0] == 2
+
+
+def test_teacher_targets_mix_the_parent_softmax_with_the_image_class(tiny_model: Path) -> None:
+    """Distilled images train on ``w`` × the parent's softmax + ``1 − w`` on their own class."""
+    import numpy as np
+
+    from omnifer.datasets import LabeledData
+    from omnifer.model import load_checkpoint
+    from omnifer.retrain import with_teacher_targets
+    from omnifer.scoring import Scorer
+
+    teacher = load_checkpoint(tiny_model)
+    classes = tuple(reversed(teacher.classes))  # another class order: targets follow the teacher
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(6) % len(classes)
+    data = LabeledData(images, labels, classes, [f"img{i}" for i in range(6)], source="dm")
+    probs = Scorer(teacher).score(images).probs
+    onehot = np.eye(len(classes), dtype=np.float32)[
+        [teacher.classes.index(classes[c]) for c in labels]]
+
+    mixed = with_teacher_targets(data, teacher, 0.5)
+    assert mixed.classes == teacher.classes and mixed.source == "dm+teacher0.5"
+    np.testing.assert_allclose(mixed.targets, 0.5 * probs + 0.5 * onehot, atol=1e-6)
+    np.testing.assert_allclose(mixed.targets.sum(axis=1), 1.0, atol=1e-5)
+    assert (mixed.hard_labels() == onehot.argmax(axis=1)).all()  # the class still dominates
+    np.testing.assert_allclose(with_teacher_targets(data, teacher, 1.0).targets, probs, atol=1e-6)
+    with pytest.raises(ConfigError):
+        with_teacher_targets(data, teacher, 1.5)
 
 
 def _as_image_folder(rafdb_root: Path, dest: Path) -> Path:
@@ -150,6 +180,7 @@ def test_cli_distill_and_retrain_on_an_image_folder_and_the_promotion_rule(
     assert {"accuracy", "parent_accuracy", "gain"} <= set(verdict)
     lineage = json.loads(rows[0][2])
     assert lineage["recipe"] == "all" and lineage["distilled"] and lineage["curated"]
+    assert lineage["teacher"]["model_version"] == "v1"
     assert lineage["labeled"]["source"].startswith("folder:")
     assert json.loads(rows[0][1])["train_images"] > lineage["labeled"]["n"]
 
