@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/retrain_distill.py --only retrain            # 20 000 scenes, 10 seeds
-    python benchmarks/retrain_distill.py --scenes 6000 --only compare
+    python benchmarks/retrain_distill.py --only compare             # the IPC 10 method table
 
 1. Builds, once (cached under ``--work``), a demo world like ``make demo``'s (seed 7, 40 labeled
    + 30 test faces per class) with ``--scenes`` unlabeled scenes, trains the primitive model

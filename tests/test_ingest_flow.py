@@ -108,8 +108,10 @@ def test_killed_run_then_rerun_equals_one_clean_run(
         cmd = [sys.executable, "-m", "omnifer", "ingest", "--source",
                str(small_world / "unlabeled"), "--date", DATE, "--shard-size", "4",
                "--workers", "1"]
+        # Its own process group: the kill below takes the flow's ephemeral Prefect server
+        # (a child process) with it, as a lost machine would, instead of orphaning it.
         return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     clean_path, clean = make_catalog("clean")
     proc = ingest(clean_path)
@@ -122,7 +124,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (markers.exists() and any(markers.iterdir())):
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     n_done = len(list(markers.iterdir()))
     assert 1 <= n_done < 10, "the kill must land mid-run"
