@@ -154,7 +154,7 @@ def reselect(catalog: DataCatalog, overrides: dict) -> None:
     print(f"  re-selected with {overrides}: {result.selected} curated", flush=True)
 
 
-def test_world(work: Path, per_class: int) -> Path:
+def larger_test_split(work: Path, per_class: int) -> Path:
     """The labeled tree whose test split every arm is scored on.
 
     The mined world's own split has 30 faces per class: 210 faces give a standard error of
@@ -304,7 +304,7 @@ def main() -> None:
     world, catalog, _ = build(args.work, args.scenes)
     reselect(catalog, {"min_confidence": args.min_confidence,
                        "top_k_per_class": args.top_k_per_class or None})
-    args.test_labeled = (test_world(args.work, args.test_per_class) if args.test_per_class
+    args.test_labeled = (larger_test_split(args.work, args.test_per_class) if args.test_per_class
                          else world / "labeled")
     args.test_desc = (f"a test split of {args.test_per_class} faces per class"
                       if args.test_per_class else "the world's own test split")
