@@ -204,14 +204,14 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
     """
     labeled = read_rafdb(world / "labeled", "train")
     test = read_rafdb(args.test_labeled, "test")
+    teacher = load_checkpoint(work / "primitive-v1") if args.teacher_weight else None
     dm: list[DistilledSet] = []
 
     def distilled() -> list:
         dm.append(distilled_for_retraining(args, catalog, work, classes))
         data = labeled_from_distilled(dm[0], "dm", copies=args.distilled_copies)
-        if args.teacher_weight:
-            data = with_teacher_targets(data, load_checkpoint(work / "primitive-v1"),
-                                        args.teacher_weight)
+        if teacher is not None:
+            data = with_teacher_targets(data, teacher, args.teacher_weight)
         return [data]
 
     def mined() -> list:
@@ -223,23 +223,22 @@ def retrain_comparison(args: argparse.Namespace, catalog: DataCatalog, world: Pa
     if args.teacher_weight:
         dm_tag += f"-teacher{args.teacher_weight:g}"
         soft = f", soft targets {args.teacher_weight:g}"
-    recipes = {"labeled only": ("labeled", list, args.seeds),
-               "labeled + full curated": ("curated", mined, args.full_seeds or args.seeds),
-               f"labeled + distilled (DM, IPC {args.retrain_ipc}{soft})": (dm_tag, distilled,
-                                                                           args.seeds)}
-    if args.teacher_weight:
+    recipes = {"labeled only": ("labeled", lambda: labeled, list, args.seeds),
+               "labeled + full curated": ("curated", lambda: labeled, mined,
+                                          args.full_seeds or args.seeds),
+               f"labeled + distilled (DM, IPC {args.retrain_ipc}{soft})": (
+                   dm_tag, lambda: labeled, distilled, args.seeds)}
+    if teacher is not None:
         # The control: the same soft targets on the labeled images alone. What the teacher
         # passes on by itself, without a mined face.
-        recipes[f"labeled only{soft} (control)"] = (f"labeled-teacher{args.teacher_weight:g}",
-                                                     list, args.seeds)
+        recipes[f"labeled only{soft} (control)"] = (
+            f"labeled-teacher{args.teacher_weight:g}",
+            lambda: with_teacher_targets(labeled, teacher, args.teacher_weight), list,
+            args.seeds)
     runs: dict[str, list[dict]] = {name: [] for name in recipes}
     for name in sorted(recipes, key=lambda n: "full" in n):  # the costly one last
-        tag, make_extra, seeds = recipes[name]
-        extra = make_extra()
-        train = labeled
-        if "control" in name:
-            train = with_teacher_targets(labeled, load_checkpoint(work / "primitive-v1"),
-                                         args.teacher_weight)
+        tag, make_train, make_extra, seeds = recipes[name]
+        train, extra = make_train(), make_extra()
         for seed in range(seeds):
             out = work / "retrain" / f"{args.scenes}-{tag}-s{seed}"
             card = train_model(train, TrainConfig(seed=SEED + seed,

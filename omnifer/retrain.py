@@ -157,7 +157,7 @@ def retrain(
     labeled, test = read_labeled(settings.labeled, cfg.input_size)
 
     device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    parent_ckpt = registry.local_checkpoint(parent_uri, parent)
+    parent_model = load_checkpoint(registry.local_checkpoint(parent_uri, parent))
 
     extra: list[LabeledData] = []
     used_curated: list[str] = []
@@ -168,8 +168,7 @@ def retrain(
             raise DatasetError("no distilled version yet: run 'omnifer distill curated' first")
         dset = distilled_as_labeled(catalog, distilled_version, settings.distilled_copies)
         if settings.teacher_weight > 0:
-            dset = with_teacher_targets(dset, load_checkpoint(parent_ckpt),
-                                        settings.teacher_weight, device)
+            dset = with_teacher_targets(dset, parent_model, settings.teacher_weight, device)
             teacher = {"model_version": parent, "weight": settings.teacher_weight}
         extra.append(dset)
         used_curated = curated_versions_of(catalog, distilled_version)
@@ -198,7 +197,7 @@ def retrain(
         seconds = card.metrics.get("train_seconds", round(time.monotonic() - started, 1))
 
     new_metrics = evaluate_model(load_checkpoint(ckpt), test, device=device)
-    parent_metrics = evaluate_model(load_checkpoint(parent_ckpt), test, device=device)
+    parent_metrics = evaluate_model(parent_model, test, device=device)
     lineage = {
         "recipe": recipe,
         "labeled": {"source": labeled.source, "digest": labeled.digest(), "n": len(labeled)},
