@@ -1,17 +1,25 @@
-"""One validated configuration: the data catalog plus pipeline settings.
+"""One validated configuration: the data catalog, pipeline settings and the environment.
 
-Precedence, lowest first: defaults in this file < ``omnifer.yaml`` (path in
-``$OMNIFER_CONFIG``, else ``./omnifer.yaml`` when present) < environment variables
-``OMNIFER_*`` (nested with ``__``, e.g. ``OMNIFER_INGEST__SHARD_SIZE=64``). The catalog itself
-lives in ``data_catalog.yaml`` (``$OMNIFER_CATALOG``), because data engineers read it without
-Python. Everything is validated here, once, so a typo fails at start-up with one line, not at
-2 a.m. in the middle of a shard.
+This module is the only reader of the process environment (``OMNIFER_*``, and the ``AWS_*``
+endpoint/region fallbacks); a test fails when another module reads ``os.environ``.
+
+* :class:`Settings` (pipeline settings). Precedence, lowest first: defaults in this file <
+  ``omnifer.yaml`` (path in ``$OMNIFER_CONFIG``, else ``./omnifer.yaml`` when present) <
+  environment variables ``OMNIFER_*`` (nested with ``__``, e.g.
+  ``OMNIFER_INGEST__SHARD_SIZE=64``). The catalog itself lives in ``data_catalog.yaml``
+  (``$OMNIFER_CATALOG``), because data engineers read it without Python.
+* :class:`Environment` (where this process keeps files and finds S3, how it reports): only
+  from the environment, read again on every call of :func:`environment` (cheap: cached per
+  value), because tests and workers change it at run time.
+
+Everything is validated here, once, so a typo fails at start-up with one line, not at 2 a.m.
+in the middle of a shard.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from omnifer.errors import ConfigError
+from omnifer.errors import ConfigError, config_error
 
 DATASET_NAMES = ("images", "faces", "scores", "curated", "distilled", "models")
 
@@ -114,7 +122,8 @@ class RetrainSettings(BaseModel):
 
     ``recipe``: what is added to the labeled set (``distilled`` is the paper's cheap path,
     ``curated`` the full mined set, ``all`` both). ``train`` / ``distill`` override fields of
-    :class:`omnifer.train.TrainConfig` / :class:`omnifer.distill.DistillConfig`, so CPU test
+    :class:`omnifer.training.config.TrainConfig` / :class:`omnifer.distill.config.DistillConfig`,
+    so CPU test
     runs can use tiny settings and GPU workers the full ones. A new model is promoted only
     when its test accuracy beats the current primitive model's by more than ``min_gain``.
     """
@@ -131,7 +140,7 @@ class RetrainSettings(BaseModel):
     distill: dict[str, Any] = Field(default_factory=dict)
     distilled_copies: int = Field(1, ge=1)  # each distilled image counts this many times
     # Soft targets for distilled images: this share of the parent model's softmax, the rest on
-    # the image's own class (0: one-hot labels). See omnifer.retrain.with_teacher_targets.
+    # the image's own class (0: one-hot labels). See omnifer.training.retrain.with_teacher_targets.
     teacher_weight: float = Field(0.5, ge=0, le=1)
     min_gain: float = Field(0.0, ge=0)
 
@@ -143,13 +152,8 @@ class Settings(BaseSettings):
         env_prefix="OMNIFER_", env_nested_delimiter="__", extra="ignore"
     )
 
-    home: Path = Field(default_factory=lambda: Path("~/.cache/omnifer").expanduser())
     catalog_file: Path = Field(Path("data_catalog.yaml"), alias="OMNIFER_CATALOG")
     catalog_root: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
     sources: list[str] = Field(default_factory=list)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     selection: dict[str, Any] = Field(default_factory=dict)
@@ -168,8 +172,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         from pydantic_settings import YamlConfigSettingsSource
 
-        path = os.environ.get("OMNIFER_CONFIG") or "omnifer.yaml"
-        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=environment().config_file)
         return (init_settings, env_settings, yaml_source)
 
     @cached_property
@@ -182,14 +185,7 @@ class Settings(BaseSettings):
             return RetrainSettings.model_validate({**self.retrain.model_dump(),
                                                    **(overrides or {})})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(f"invalid retrain settings: {'.'.join(map(str, err['loc']))}: "
-                              f"{err['msg']}") from None
-
-    def selection_policy(self) -> Any:
-        from omnifer.selection import SelectionPolicy
-
-        return SelectionPolicy(**self.selection)
+            raise config_error("retrain settings", exc) from None
 
 
 def load_catalog(path: Path | str, root_override: str | None = None) -> Catalog:
@@ -203,8 +199,7 @@ def load_catalog(path: Path | str, root_override: str | None = None) -> Catalog:
         raw = yaml.safe_load(path.read_text()) or {}
         catalog = Catalog(**raw)
     except (yaml.YAMLError, ValidationError, TypeError) as exc:
-        first = str(exc).splitlines()[0:3]
-        raise ConfigError(f"invalid catalog {path}: {' '.join(first)}") from None
+        raise config_error(f"catalog {path}", exc) from None
     root = root_override or catalog.root
     if root.startswith("file://"):
         root = root[len("file://") :]
@@ -221,7 +216,76 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
-        )
-        raise ConfigError(f"invalid settings: {errors}") from None
+        raise config_error("settings", exc) from None
+
+
+# -- the environment ---------------------------------------------------------------------------
+DEFAULT_S3_REGION = "us-east-1"
+"""The S3 region when neither ``OMNIFER_S3_REGION`` nor ``AWS_REGION``/``AWS_DEFAULT_REGION``
+names one (the one default for the catalog's and the sources' S3 clients)."""
+
+# Field → the variables that set it, first non-empty wins.
+_ENVIRONMENT_VARIABLES: dict[str, tuple[str, ...]] = {
+    "home": ("OMNIFER_HOME",),
+    "model_mirror": ("OMNIFER_MODEL_MIRROR",),
+    "s3_endpoint_url": ("OMNIFER_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+    "s3_region": ("OMNIFER_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    "progress": ("OMNIFER_PROGRESS",),
+    "log_level": ("OMNIFER_LOG_LEVEL",),
+    "config_file": ("OMNIFER_CONFIG",),
+}
+
+
+class Environment(BaseModel):
+    """What only the environment sets, for this process (see the module docstring).
+
+    ``home``: cache for model files and retraining work (``OMNIFER_HOME``, default
+    ``~/.cache/omnifer``). ``model_mirrors``: folders searched for model files before
+    downloading (``OMNIFER_MODEL_MIRROR``, ``os.pathsep``-separated). ``s3_endpoint_url``: an
+    S3-compatible server (``OMNIFER_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``).
+    ``s3_region``: ``OMNIFER_S3_REGION``, else ``AWS_REGION``/``AWS_DEFAULT_REGION``, else
+    :data:`DEFAULT_S3_REGION`. ``progress_bars``: False when ``OMNIFER_PROGRESS`` is ``log``
+    (or ``0``/``off``/``false``): log lines even on a terminal. ``log_level``:
+    ``OMNIFER_LOG_LEVEL`` (default ``INFO``). ``config_file``: ``OMNIFER_CONFIG``, else
+    ``omnifer.yaml``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path
+    model_mirrors: tuple[Path, ...] = ()
+    s3_endpoint_url: str | None = None
+    s3_region: str = DEFAULT_S3_REGION
+    progress_bars: bool = True
+    log_level: str = "INFO"
+    config_file: str = "omnifer.yaml"
+
+
+def environment() -> Environment:
+    """The process's :class:`Environment` as the environment says now."""
+    snapshot = tuple(
+        next((os.environ[v] for v in names if os.environ.get(v)), None)
+        for names in _ENVIRONMENT_VARIABLES.values()
+    )
+    return _environment(snapshot)
+
+
+@lru_cache(maxsize=32)
+def _environment(snapshot: tuple[str | None, ...]) -> Environment:
+    raw = dict(zip(_ENVIRONMENT_VARIABLES, snapshot, strict=True))
+    home = Path(raw["home"] or Path.home() / ".cache" / "omnifer").expanduser()
+    mirrors = tuple(Path(p).expanduser() for p in (raw["model_mirror"] or "").split(os.pathsep)
+                    if p.strip())
+    values: dict[str, Any] = {
+        "home": home,
+        "model_mirrors": mirrors,
+        "s3_endpoint_url": raw["s3_endpoint_url"],
+        "s3_region": raw["s3_region"] or DEFAULT_S3_REGION,
+        "progress_bars": (raw["progress"] or "").lower() not in {"0", "off", "false", "log"},
+        "log_level": raw["log_level"] or "INFO",
+        "config_file": raw["config_file"] or "omnifer.yaml",
+    }
+    try:
+        return Environment(**values)
+    except ValidationError as exc:
+        raise config_error("environment", exc) from None

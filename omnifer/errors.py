@@ -50,3 +50,20 @@ class DecodeError(OmniferError):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def config_error(what: str, exc: Exception) -> ConfigError:
+    """One :class:`ConfigError` line for a pydantic ``ValidationError`` (the one place that
+    turns validation errors into what the CLI prints): ``invalid <what>: <field>: <message>``,
+    at most three fields, ``; ``-separated. Other exceptions (YAML errors, ``TypeError``) give
+    their first line.
+
+    Use as ``raise config_error("train config", exc) from None``.
+    """
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())) or '(top level)'}: {e['msg']}"
+                 for e in errors()[:3]]
+        return ConfigError(f"invalid {what}: {'; '.join(parts)}")
+    first = str(exc).strip().splitlines()
+    return ConfigError(f"invalid {what}: {first[0] if first else type(exc).__name__}")

@@ -4,7 +4,12 @@
 date, deterministic file names) and how DuckDB sees them (one view per dataset). Local
 datasets become ``read_parquet`` views over their committed files; S3 datasets are opened with
 ``pyarrow.dataset`` and registered as Arrow scans, because DuckDB's httpfs extension cannot be
-installed offline (see ENVIRONMENT.md).
+installed offline (docs/architecture.md, "Environment facts").
+
+Besides the datasets, the catalog root holds bookkeeping folders; their names live here, as
+methods, and nowhere else: ``_plans/`` and ``_shards/`` (ingest plans and shard commit
+markers), ``_runs/`` (run records), ``_reports/`` (run reports), ``_distilled_grids/`` (PNG
+grids of distilled sets) and ``model_store/`` (registered checkpoints).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from omnifer import storage
+from omnifer.catalog.schemas import SCHEMAS
 from omnifer.config import Catalog, Settings, is_remote, join_uri, load_settings
 from omnifer.errors import DatasetError
-from omnifer.schemas import SCHEMAS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,40 @@ class DataCatalog:
         return self.catalog.uri(name)
 
     def aux_uri(self, *parts: str) -> str:
+        """A URI under the catalog root (prefer the named locations below)."""
         return self.catalog.aux_uri(*parts)
+
+    # -- bookkeeping beside the datasets ------------------------------------------------------
+    def plans_uri(self, ingest_date: str) -> str:
+        """Folder of a night's ingest plans (``plan-NNN.json``)."""
+        return self.aux_uri("_plans", f"ingest_date={ingest_date}")
+
+    def shard_markers_uri(self, ingest_date: str) -> str:
+        """Folder of a night's shard commit markers (``<shard_id>.json``)."""
+        return self.aux_uri("_shards", f"ingest_date={ingest_date}")
+
+    def shard_marker_uri(self, ingest_date: str, shard_id: str) -> str:
+        """The commit marker of one shard: its existence means the shard is committed."""
+        return join_uri(self.shard_markers_uri(ingest_date), f"{shard_id}.json")
+
+    def runs_uri(self) -> str:
+        """Folder of run records (``<run_id>.json``)."""
+        return self.aux_uri("_runs")
+
+    def run_record_uri(self, run_id: str) -> str:
+        return join_uri(self.runs_uri(), f"{run_id}.json")
+
+    def report_uri(self, ingest_date: str, run_id: str) -> str:
+        """Where a run's HTML report lives beside the catalog."""
+        return self.aux_uri("_reports", f"ingest_date={ingest_date}", f"{run_id}.html")
+
+    def distilled_grids_uri(self, distilled_version: str) -> str:
+        """Folder of a distilled version's PNG grids (``<class>.png``)."""
+        return self.aux_uri("_distilled_grids", distilled_version)
+
+    def model_store_uri(self, model_version: str) -> str:
+        """Folder of a registered model version's checkpoint files."""
+        return self.aux_uri("model_store", model_version)
 
     def partition_cols(self, name: str) -> tuple[str, ...]:
         return tuple(self.catalog.datasets[name].partitioning)

@@ -13,8 +13,9 @@ The protocol, and why readers never see a row twice or miss one:
    taken over the inputs' names, sizes and modification times, so that a rerun after a crash
    writes the same name. No compaction state names that file yet, so omnifer's readers skip it.
 3. If no input changed meanwhile (``retry-failed`` rewrites files in place), the next
-   compaction state is created exclusively (:func:`omnifer.storage.publish_compaction`): it
-   names the new file and lists the inputs under ``replaces``. That one small write is the
+   compaction state is created exclusively
+   (:func:`omnifer.storage.compaction_state.publish_compaction`): it names the new file
+   and lists the inputs under ``replaces``. That one small write is the
    switch; a second compactor of the same dataset loses it and starts over.
 4. The replaced files are deleted. A crash before that leaves them hidden by the state; the
    next compaction deletes them.
@@ -27,7 +28,6 @@ crash, until the next compaction), so query through the catalog while compaction
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -39,10 +39,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from omnifer import storage
-from omnifer.catalog import DataCatalog
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.catalog.plans import committed_shards
+from omnifer.catalog.provenance import provenance
+from omnifer.catalog.schemas import SCHEMAS
 from omnifer.errors import StorageError
-from omnifer.schemas import SCHEMAS
-from omnifer.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,6 @@ def shard_of(name: str) -> str | None:
     if not name.startswith("part-") or not name.endswith(".parquet"):
         return None
     return name[len("part-") : -len(".parquet")].split("-retry-")[0]
-
-
-def committed_shards(catalog: DataCatalog, date: str) -> set[str]:
-    """Shard ids of ``date`` whose commit marker exists."""
-    folder = catalog.aux_uri("_shards", f"ingest_date={date}")
-    return {uri.rsplit("/", 1)[-1].removesuffix(".json")
-            for uri in storage.list_files(folder, ".json")}
 
 
 def compact_night(catalog: DataCatalog, date: str, run_id: str,
@@ -123,8 +117,10 @@ def compact_partition(catalog: DataCatalog, name: str, date: str, run_id: str,
         still_there = set(current.get("replaces", ())) & present
         replaces = sorted(still_there | (set(inputs) - {out}))
         new = {**partitions, folder: {"file": out, "replaces": replaces}}
+        stamp = provenance(run_id)
         info = {"dataset": name, "changed": folder, "run_id": run_id,
-                "code_version": code_version(), "created_at": dt.datetime.now(dt.UTC).isoformat()}
+                "code_version": stamp["code_version"],
+                "created_at": stamp["created_at"].isoformat()}
         if not storage.publish_compaction(dataset_uri, seq + 1, new, info):
             log.info("compaction of %s %s: another compactor published first; again", name, date)
             continue

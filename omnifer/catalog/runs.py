@@ -4,16 +4,21 @@ One small JSON document per run (``_runs/<run_id>.json``), rewritten atomically 
 finish. Operators read them with ``omnifer runs``; a rerun finds the date and sources there.
 Prefect keeps its own run history too, but the catalog must answer "what produced these rows"
 even when the Prefect database is gone.
+
+Every flow keeps its record the same way, with :func:`recorded_run`: start → stages → finished
+(``completed``, or ``failed`` with the error when the flow raises before saying otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from omnifer import storage
-from omnifer.catalog import DataCatalog
+from omnifer.catalog.catalog import DataCatalog
 
 
 def _now() -> str:
@@ -21,7 +26,7 @@ def _now() -> str:
 
 
 def _uri(catalog: DataCatalog, run_id: str) -> str:
-    return catalog.aux_uri("_runs", f"{run_id}.json")
+    return catalog.run_record_uri(run_id)
 
 
 def _save(catalog: DataCatalog, record: dict[str, Any]) -> None:
@@ -56,7 +61,7 @@ def finish(catalog: DataCatalog, record: dict[str, Any], state: str,
 
 def list_runs(catalog: DataCatalog, limit: int = 20) -> list[dict[str, Any]]:
     records = [json.loads(storage.read_bytes(u))
-               for u in storage.list_files(catalog.aux_uri("_runs"), ".json")]
+               for u in storage.list_files(catalog.runs_uri(), ".json")]
     records.sort(key=lambda r: r.get("started_at") or "", reverse=True)
     return records[:limit]
 
@@ -64,3 +69,45 @@ def list_runs(catalog: DataCatalog, limit: int = 20) -> list[dict[str, Any]]:
 def get_run(catalog: DataCatalog, run_id: str) -> dict[str, Any] | None:
     uri = _uri(catalog, run_id)
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+class RunRecord:
+    """A run's record while the run goes on; see :func:`recorded_run`."""
+
+    def __init__(self, catalog: DataCatalog, record: dict[str, Any]) -> None:
+        self.catalog = catalog
+        self.record = record
+        self.finished = False
+
+    @property
+    def run_id(self) -> str:
+        return self.record["run_id"]
+
+    def stage(self, name: str, state: str, counts: dict[str, Any]) -> None:
+        """Record (or overwrite) stage ``name`` with its state and counts."""
+        stage(self.catalog, self.record, name, state, counts)
+
+    def finish(self, state: str, summary: dict[str, Any]) -> None:
+        """Mark the run ``state`` (``completed`` / ``failed``) with its summary."""
+        finish(self.catalog, self.record, state, summary)
+        self.finished = True
+
+
+@contextlib.contextmanager
+def recorded_run(
+    catalog: DataCatalog, run_id: str, flow: str, ingest_date: str, parameters: dict[str, Any]
+) -> Iterator[RunRecord]:
+    """Keep a flow run's record: started on entry; on exit ``completed`` unless the body
+    finished it itself; ``failed`` with ``{"error": ...}`` when the body raises first.
+
+    The four flows (nightly ingest, retry, distill, retrain) all keep their records this way.
+    """
+    run = RunRecord(catalog, start(catalog, run_id, flow, ingest_date, parameters))
+    try:
+        yield run
+    except BaseException as exc:
+        if not run.finished:
+            run.finish("failed", {"error": str(exc) or type(exc).__name__})
+        raise
+    if not run.finished:
+        run.finish("completed", {})

@@ -7,12 +7,12 @@ and the pipeline asks for one with :func:`create_detector` from a config string.
 
 Thread safety: a detector object is **not** thread-safe (``cv2.FaceDetectorYN`` keeps its input
 size and buffers in the object; SCRFD mutates per-call state). Create one per worker thread
-(``omnifer.ingest.WorkerResources`` does) and reuse it for every image: creation costs
+(``omnifer.pipeline.workers.WorkerResources`` does) and reuse it for every image: creation costs
 ~0.1 s, detection ~20-150 ms per photo.
 
 Coordinates are always in the pixels of the image passed to ``detect``; landmarks are in the
 ArcFace template order (eyes, nose tip, mouth corners; image left to right), which is what
-:func:`omnifer.align.align_face` expects.
+:func:`omnifer.faces.align.align_face` expects.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from omnifer.align import CROP_SIZE, align_face
 from omnifer.errors import ModelFileError
-from omnifer.modelfiles import model_path
+from omnifer.faces.align import CROP_SIZE, align_face
+from omnifer.logs import quiet_opencv
+from omnifer.models.modelfiles import model_path
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,9 @@ def create_detector(
 ) -> FaceDetector:
     """A ready detector; raises ModelFileError (one clear line) when its weights are missing.
 
-    ``model_home`` defaults to ``$OMNIFER_HOME``. ``max_side`` bounds the work per image: a
-    larger image is downscaled for detection and the coordinates are mapped back.
+    ``model_home`` defaults to the environment's (``OMNIFER_HOME``). ``max_side`` bounds the
+    work per image: a larger image is downscaled for detection and the coordinates are mapped
+    back.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown detector '{name}'; known: {', '.join(sorted(_REGISTRY))}")
@@ -151,9 +153,10 @@ class YuNetDetector:
         path = model_path("yunet", home=model_home)
         self.max_side = max_side
         try:
-            self._net = cv2.FaceDetectorYN.create(
-                str(path), "", (320, 320), score_threshold, nms_threshold, top_k
-            )
+            with quiet_opencv():  # OpenCV 5 warns that DNN targets are unsupported: noise
+                self._net = cv2.FaceDetectorYN.create(
+                    str(path), "", (320, 320), score_threshold, nms_threshold, top_k
+                )
         except cv2.error as exc:
             raise ModelFileError(f"cannot load YuNet from {path}: {_first_line(exc)}") from None
 

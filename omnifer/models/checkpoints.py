@@ -1,4 +1,4 @@
-"""The primitive model: a compact CNN, a registry of architectures, and checkpoints.
+"""Checkpoints of the FER model: folder layout, model card, save and load.
 
 A checkpoint is a folder::
 
@@ -34,126 +34,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omnifer.errors import ModelFileError
-from omnifer.modelfiles import sha256_file
+from omnifer.imaging.tensors import preprocess
+from omnifer.models.fercnn import FerCNN
+from omnifer.models.modelfiles import sha256_file
+from omnifer.models.registry import create_model
 from omnifer.version import code_version
 
 WEIGHTS_FILE = "model.safetensors"
 PROTOTYPES_FILE = "prototypes.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = 1
-
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make an architecture constructor available to :func:`create_model`."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return wrap
-
-
-def list_models() -> list[str]:
-    return sorted(_MODELS)
-
-
-def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a registered architecture; unknown name → :class:`ModelFileError`."""
-    if name not in _MODELS:
-        raise ModelFileError(f"unknown model architecture {name!r}; known: {list_models()}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
-
-
-class FerCNN(nn.Module):
-    """Conv blocks (conv3×3 → BN → ReLU [→ conv3×3 → BN → ReLU] → 2×2 max-pool), global
-    average pool, dropout, linear head. ``embed`` gives the pooled features (N, widths[-1])."""
-
-    def __init__(
-        self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256),
-        double: tuple[bool, ...] | None = None, dropout: float = 0.2, in_channels: int = 3,
-    ) -> None:
-        super().__init__()
-        double = tuple(double) if double is not None else tuple(False for _ in widths)
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for width, twice in zip(widths, double, strict=True):
-            layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True)]
-            if twice:
-                layers += [nn.Conv2d(width, width, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            layers.append(nn.MaxPool2d(2))
-            c_in = width
-        self.features = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(c_in, num_classes)
-        self.embedding_dim = c_in
-        self.num_classes = num_classes
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised → (N, D) pooled features (not normalised)."""
-        return self.features(x).mean(dim=(2, 3))
-
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.embed(x))
-
-
-@register_model("fercnn_small")
-def fercnn_small(num_classes: int, **kw: Any) -> FerCNN:
-    """~0.39 M parameters at 7 classes: widths 32-64-128-256, one conv per block."""
-    return FerCNN(num_classes, **{"widths": (32, 64, 128, 256), **kw})
-
-
-@register_model("fercnn_base")
-def fercnn_base(num_classes: int, **kw: Any) -> FerCNN:
-    """~0.96 M parameters: as small, with a second conv in the last two blocks."""
-    return FerCNN(num_classes, **{"widths": (32, 64, 128, 256),
-                                  "double": (False, False, True, True), **kw})
-
-
-@register_model("fercnn_tiny")
-def fercnn_tiny(num_classes: int, **kw: Any) -> FerCNN:
-    """~25 k parameters (widths 8-16-32-64): for tests and smoke runs."""
-    return FerCNN(num_classes, **{"widths": (8, 16, 32, 64), **kw})
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# -- preprocessing (shared by training, scoring and evaluation) ----------------------------------
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, H, W, 3) uint8 BGR → (N, 3, H, W) float32 in [0, 1] (channel order kept: BGR)."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def preprocess(
-    images: np.ndarray, input_size: int, mean: list[float], std: list[float],
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """uint8 BGR crops of any size → normalised (N, 3, S, S) float tensor on ``device``."""
-    from omnifer.datasets import resize_images
-
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected N×H×W×3 images, got shape {images.shape}")
-    if images.shape[1:3] != (input_size, input_size):
-        images = resize_images(images, input_size)
-    return normalize(to_tensor(images, device), mean, std)
-
 
 # -- checkpoints ---------------------------------------------------------------------------------
 class DatasetRef(BaseModel):

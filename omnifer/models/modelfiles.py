@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnifer.config import environment
 from omnifer.errors import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ MODEL_FILES: dict[str, ModelFile] = {
 
 
 def omnifer_home() -> Path:
-    """Cache root: ``$OMNIFER_HOME`` or ``~/.cache/omnifer``."""
-    return Path(os.environ.get("OMNIFER_HOME", Path.home() / ".cache" / "omnifer")).expanduser()
+    """Cache root: ``$OMNIFER_HOME`` or ``~/.cache/omnifer`` (see ``config.Environment``)."""
+    return environment().home
 
 
 def models_dir(home: Path | None = None) -> Path:
@@ -64,8 +65,7 @@ def models_dir(home: Path | None = None) -> Path:
 
 def mirror_dirs() -> list[Path]:
     """Folders named by ``$OMNIFER_MODEL_MIRROR`` (``os.pathsep``-separated)."""
-    raw = os.environ.get("OMNIFER_MODEL_MIRROR", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    return list(environment().model_mirrors)
 
 
 def sha256_file(path: Path) -> str:

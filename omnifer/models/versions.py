@@ -1,4 +1,4 @@
-"""The model registry: versions, lineage and which model is the primitive model now.
+"""Model versions in the catalog: lineage, and which model is the primitive model now.
 
 A model version is a checkpoint folder (weights + card + prototypes) copied into the catalog's
 ``model_store/<version>/`` and described by rows of the ``models`` dataset. Rows are never
@@ -9,7 +9,6 @@ candidates) queryable with DuckDB.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -20,18 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from omnifer import storage
-from omnifer.catalog import DataCatalog
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.catalog.provenance import provenance
+from omnifer.catalog.schemas import MODELS
 from omnifer.config import join_uri
 from omnifer.errors import ModelFileError
-from omnifer.modelfiles import omnifer_home
-from omnifer.schemas import MODELS
-from omnifer.version import code_version
+from omnifer.models.modelfiles import omnifer_home
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _event_row(
@@ -54,16 +49,14 @@ def _event_row(
                 "train_datasets": json.dumps(train_datasets, sort_keys=True),
                 "metrics": json.dumps(metrics, sort_keys=True),
                 "classes": classes,
-                "run_id": run_id,
-                "code_version": code_version(),
-                "created_at": _now(),
+                **provenance(run_id),
             }
         ],
         schema=MODELS,
     )
 
 
-def register_model(
+def register_version(
     catalog: DataCatalog,
     checkpoint_dir: Path,
     version: str,
@@ -75,7 +68,7 @@ def register_model(
     run_id: str | None = None,
 ) -> str:
     """Copy a checkpoint into the model store and record a ``registered`` event."""
-    store = catalog.aux_uri("model_store", version)
+    store = catalog.model_store_uri(version)
     files = sorted(p for p in Path(checkpoint_dir).iterdir() if p.is_file())
     if not files:
         raise ModelFileError(f"checkpoint folder {checkpoint_dir} is empty")
@@ -104,6 +97,7 @@ def record_event(
 
 
 def history(catalog: DataCatalog, version: str) -> dict[str, Any] | None:
+    """The ``registered`` row of ``version`` (None when it is not registered)."""
     table = catalog.read("models")
     rows = table.filter(
         pc.and_(pc.equal(table["model_version"], version), pc.equal(table["event"], "registered"))

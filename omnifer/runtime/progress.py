@@ -8,20 +8,19 @@ Library code calls :func:`track`; nothing else decides how progress looks.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
+
+from omnifer.config import environment
 
 T = TypeVar("T")
 log = logging.getLogger("omnifer.progress")
 
 
 def _interactive() -> bool:
-    if os.environ.get("OMNIFER_PROGRESS", "").lower() in {"0", "off", "false", "log"}:
-        return False
-    return sys.stderr.isatty()
+    return environment().progress_bars and sys.stderr.isatty()
 
 
 class Meter:

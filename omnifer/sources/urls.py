@@ -1,17 +1,4 @@
-"""Where unlabeled images come from: local folders, S3 prefixes, URL manifests.
-
-A source is a small pydantic spec (JSON-serialisable, so a plan can write it down and a worker
-on another machine can rebuild it with :func:`source_from_dict`). Two operations:
-
-* :func:`list_objects` streams :class:`SourceObject` rows (stable ``uri``, ``size``,
-  ``version``) in a deterministic order, so the same source lists the same plan twice;
-* :func:`read_object` returns an object's bytes, or raises :class:`FetchError` whose
-  ``status`` the caller records on the image row (failures are data, not crashes).
-
-Status vocabulary: ``missing`` (gone since listing, 404), ``unreadable`` (permissions),
-``too_large`` (over ``max_bytes``; stopped reading there), ``fetch_failed`` (network/server
-errors after bounded retries, too many redirects), ``forbidden_url`` (a scheme or address the
-source does not allow, or a path outside the source's root).
+"""URL manifests as a source: the URLs of a CSV or Parquet column, fetched safely.
 
 Safety choices:
 
@@ -24,10 +11,6 @@ Safety choices:
   are followed by hand (each hop re-checked, at most ``max_redirects``); bodies are streamed
   and cut at ``max_bytes``; each attempt has a deadline; 5xx/connection errors are retried
   ``retries`` times with exponential backoff. Environment proxies are not used.
-* S3 goes through one boto3 client per (process, endpoint, region), created lazily, with
-  botocore's "standard" retry mode (retries 500/503/SlowDown with backoff, bounded attempts).
-  Credentials come from boto3's usual chain and are never logged.
-* Local sources skip hidden files and refuse symlinks that point outside their root.
 """
 
 from __future__ import annotations
@@ -36,104 +19,29 @@ import base64
 import functools
 import http.client
 import ipaddress
-import json
 import logging
-import os
 import re
 import socket
 import ssl
-import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
-from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from omnifer.errors import SourceError
+from omnifer.sources.base import FetchError, ObjectLike, Source, SourceObject, too_large
+from omnifer.storage.files import resolve
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
-)
-"""Default file-name filter for folders and buckets (case-insensitive)."""
 
 USER_AGENT = "omnifer/0.1 (+data curation crawler)"
 
 
-class FetchError(SourceError):
-    """One object could not be read; ``status`` is the image row's status.
-
-    ``transient``: the store itself failed (S3 5xx/throttling/timeouts after the retry budget),
-    not the object. The ingest fails the whole shard on such an error instead of writing a
-    ``fetch_failed`` row, so a rerun reads the object again (rows of one clean run).
-    """
-
-    def __init__(self, status: str, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-
-
-# -- specs -----------------------------------------------------------------------------------
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Listed(_Spec):
-    """A source whose object names are filtered by suffix (case-insensitive)."""
-
-    extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS
-
-    @field_validator("extensions", mode="before")
-    @classmethod
-    def _dotted_lower(cls, value: Any) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        items = [value] if isinstance(value, str) else value
-        return tuple("." + str(e).lower().lstrip(".") for e in items)
-
-
-class LocalSource(_Listed):
-    """Files under ``root`` whose relative POSIX path matches ``pattern`` (glob: ``*`` stays
-    within one folder, ``**/`` spans any number of folders) and whose suffix is in
-    ``extensions`` (None: any)."""
-
-    kind: Literal["local"] = "local"
-    root: str
-    pattern: str = "**/*"
-
-    @field_validator("root")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        return str(Path(value).expanduser().resolve())
-
-    def __str__(self) -> str:
-        return Path(self.root).as_uri()
-
-
-class S3Source(_Listed):
-    """Objects under ``s3://bucket/prefix``. ``endpoint_url``/``region`` default to
-    ``$OMNIFER_S3_ENDPOINT_URL`` (or ``$AWS_ENDPOINT_URL``) and boto3's own resolution."""
-
-    kind: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=3)
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    retries: int = Field(4, ge=0, le=10)  # botocore standard mode: attempts = retries + 1
-    timeout_s: float = Field(60.0, gt=0)  # per-request read timeout; a slower answer is retried
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-
-class UrlManifestSource(_Spec):
+class UrlManifestSource(Source):
     """URLs in column ``column`` of a CSV or Parquet file (local path or ``s3://``)."""
 
     kind: Literal["urls"] = "urls"
@@ -159,296 +67,14 @@ class UrlManifestSource(_Spec):
     def __str__(self) -> str:
         return f"urls:{self.manifest}"
 
+    def list_objects(self) -> Iterator[SourceObject]:
+        return _list_urls(self)
 
-SourceSpec = Annotated[LocalSource | S3Source | UrlManifestSource, Field(discriminator="kind")]
-_SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceSpec)
-
-
-def source_from_dict(raw: dict[str, Any]) -> LocalSource | S3Source | UrlManifestSource:
-    """Rebuild a spec from ``model_dump(mode="json")`` output (plans store sources that way)."""
-    try:
-        return _SPEC_ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        raise SourceError(f"invalid source {raw!r}: {exc.errors()[0]['msg']}") from None
+    def read_object(self, obj: ObjectLike, max_bytes: int) -> bytes:
+        cap = min(max_bytes, self.max_bytes or max_bytes)
+        return _fetch_url(self, _manifest_originals(self).get(obj.uri, obj.uri), cap)
 
 
-def parse_source(text: str) -> LocalSource | S3Source | UrlManifestSource:
-    """``/path``, ``relative/path``, ``file:///path``, ``s3://bucket/prefix`` (read as a
-    folder: ``prefix/``), ``urls:manifest.csv`` (or ``urls:s3://b/m.parquet``), or a JSON
-    object with ``kind`` for the options these short forms leave at their defaults."""
-    text = text.strip()
-    raw: dict[str, Any]
-    if text.startswith("{"):
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"source is not valid JSON: {exc}") from None
-    elif text.startswith("urls:"):
-        raw = {"kind": "urls", "manifest": text[len("urls:") :]}
-    elif text.startswith("s3://"):
-        bucket, _, prefix = text[len("s3://") :].partition("/")
-        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        raw = {"kind": "s3", "bucket": bucket, "prefix": prefix}
-    elif text.startswith("file://"):
-        raw = {"kind": "local", "root": url2pathname(urlsplit(text).path)}
-    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        raise SourceError(
-            f"unsupported source {strip_credentials(text)!r}: use a folder, s3://bucket/prefix "
-            "or urls:<manifest.csv|parquet> (single URLs go in a manifest)"
-        )
-    elif text:
-        raw = {"kind": "local", "root": text}
-    else:
-        raise SourceError("empty source")
-    return source_from_dict(raw)
-
-
-# -- objects ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SourceObject:
-    """One listed object. ``version`` is the S3 ETag or the file's mtime_ns (None for URLs)."""
-
-    uri: str
-    size: int | None = None
-    version: str | None = None
-
-
-class _ObjectLike(Protocol):
-    uri: str
-    size: int | None
-
-
-def list_objects(spec: LocalSource | S3Source | UrlManifestSource) -> Iterator[SourceObject]:
-    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable."""
-    if isinstance(spec, LocalSource):
-        return _list_local(spec)
-    if isinstance(spec, S3Source):
-        return _list_s3(spec)
-    if isinstance(spec, UrlManifestSource):
-        return _list_urls(spec)
-    raise SourceError(f"not a source spec: {type(spec).__name__}")
-
-
-def read_object(
-    spec: LocalSource | S3Source | UrlManifestSource, obj: _ObjectLike, max_bytes: int
-) -> bytes:
-    """Bytes of ``obj`` (anything with ``uri`` and ``size``), at most ``max_bytes``.
-
-    Raises FetchError(status, message); never reads more than ``max_bytes + 1`` bytes.
-    """
-    if isinstance(spec, LocalSource):
-        return _read_local(spec, obj, max_bytes)
-    if isinstance(spec, S3Source):
-        return _read_s3(spec, obj, max_bytes)
-    if isinstance(spec, UrlManifestSource):
-        cap = min(max_bytes, spec.max_bytes or max_bytes)
-        return _fetch_url(spec, _manifest_originals(spec).get(obj.uri, obj.uri), cap)
-    raise SourceError(f"not a source spec: {type(spec).__name__}")
-
-
-def _too_large(uri: str, size: int | None, max_bytes: int) -> FetchError:
-    shown = f"{size} bytes" if size is not None else "more bytes"
-    return FetchError("too_large", f"{uri}: {shown} > max_bytes {max_bytes}")
-
-
-# -- local -----------------------------------------------------------------------------------
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob → regex on POSIX relative paths: ``**/`` = any folders, ``*``/``?`` within one."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        else:
-            ch = pattern[i]
-            out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _list_local(spec: LocalSource) -> Iterator[SourceObject]:
-    root = Path(spec.root)
-    if not root.is_dir():
-        raise SourceError(f"source folder {root} does not exist or is not a folder")
-    regex = _glob_regex(spec.pattern)
-    exts = spec.extensions
-    # os.walk with sorted names streams in a fixed order without holding the whole tree.
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or (exts is not None and not name.lower().endswith(exts)):
-                continue
-            path = Path(folder, name)
-            rel = path.relative_to(root).as_posix()
-            if not regex.match(rel):
-                continue
-            if path.is_symlink() and not _inside(path.resolve(), root):
-                log.warning("skipping %s: symlink points outside %s", path, root)
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue  # vanished or dangling link: not an object
-            yield SourceObject(path.as_uri(), st.st_size, str(st.st_mtime_ns))
-
-
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file://"):
-        # Path.as_uri() percent-encodes the file system's bytes, so decode back to bytes:
-        # a non-UTF-8 name (latin-1 "caf\xe9.jpg") must name the same file again.
-        return Path(os.fsdecode(unquote_to_bytes(urlsplit(uri).path)))
-    return Path(uri)
-
-
-def _read_local(spec: LocalSource, obj: _ObjectLike, max_bytes: int) -> bytes:
-    root = Path(spec.root)
-    path = _local_path(obj.uri)
-    try:
-        real = path.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
-        raise FetchError("missing", f"{obj.uri}: no such file") from None
-    except OSError as exc:
-        raise FetchError("unreadable", f"{obj.uri}: {exc.strerror or exc}") from None
-    if not _inside(Path(os.path.abspath(path)), root) or not _inside(real, root):
-        raise FetchError("forbidden_url", f"{obj.uri} is outside the source folder {root}")
-    try:
-        # O_NONBLOCK: a FIFO or device named x.jpg must not hang the worker on open().
-        with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise FetchError("unreadable", f"{obj.uri}: not a regular file")
-            if st.st_size > max_bytes:
-                raise _too_large(obj.uri, st.st_size, max_bytes)
-            data = fh.read(max_bytes + 1)
-    except FetchError:
-        raise
-    except FileNotFoundError:
-        raise FetchError("missing", f"{obj.uri}: no such file") from None
-    except OSError as exc:  # permissions, a folder, I/O errors
-        raise FetchError("unreadable", f"{obj.uri}: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:  # grew since stat
-        raise _too_large(obj.uri, None, max_bytes)
-    return data
-
-
-# -- S3 --------------------------------------------------------------------------------------
-_client_lock = threading.Lock()
-_S3_PAGE_SIZE = 1000  # the S3 maximum; fewer round trips per listing
-_S3_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                           "InternalError", "ServiceUnavailable"})
-
-
-def _s3_settings(spec: S3Source) -> tuple[str | None, str | None]:
-    endpoint = (
-        spec.endpoint_url
-        or os.environ.get("OMNIFER_S3_ENDPOINT_URL")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    return endpoint, spec.region or os.environ.get("OMNIFER_S3_REGION")
-
-
-def s3_client(endpoint_url: str | None, region: str | None, retries: int = 4,
-              timeout_s: float = 60.0) -> Any:
-    """The process's boto3 S3 client for this endpoint/region (clients are thread-safe;
-    sessions are not, so creation is locked). Keyed by pid so a forked worker makes its own."""
-    with _client_lock:
-        return _make_s3_client(os.getpid(), endpoint_url, region, retries, timeout_s)
-
-
-@functools.lru_cache(maxsize=16)
-def _make_s3_client(pid: int, endpoint_url: str | None, region: str | None, retries: int,
-                    timeout_s: float = 60.0) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": retries + 1},
-        connect_timeout=min(10.0, timeout_s),
-        read_timeout=timeout_s,
-        max_pool_connections=32,
-    )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-
-
-def _client_for(spec: S3Source) -> Any:
-    endpoint, region = _s3_settings(spec)
-    return s3_client(endpoint, region, spec.retries, spec.timeout_s)
-
-
-def _s3_error(exc: Exception) -> tuple[str, str]:
-    """(code, one-line message) of a botocore error, without credentials or request ids."""
-    response = getattr(exc, "response", None) or {}
-    err = response.get("Error", {})
-    code = str(err.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-               or type(exc).__name__)
-    return code, f"{code}: {err.get('Message') or exc}"
-
-
-def _list_s3(spec: S3Source) -> Iterator[SourceObject]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = _client_for(spec)
-    pages = client.get_paginator("list_objects_v2").paginate(
-        Bucket=spec.bucket, Prefix=spec.prefix, PaginationConfig={"PageSize": _S3_PAGE_SIZE}
-    )
-    exts = spec.extensions
-    try:
-        for page in pages:  # S3 returns keys in UTF-8 binary order: deterministic
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                if key.endswith("/") or (exts is not None and not key.lower().endswith(exts)):
-                    continue
-                etag = str(item.get("ETag", "")).strip('"') or None
-                yield SourceObject(f"s3://{spec.bucket}/{key}", int(item["Size"]), etag)
-    except (ClientError, BotoCoreError) as exc:
-        raise SourceError(f"cannot list {spec}: {_s3_error(exc)[1]}") from None
-
-
-def _read_s3(spec: S3Source, obj: _ObjectLike, max_bytes: int) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    prefix = f"s3://{spec.bucket}/"
-    if not obj.uri.startswith(prefix + spec.prefix):
-        raise FetchError("forbidden_url", f"{obj.uri} is not under {spec}")
-    if obj.size is not None and obj.size > max_bytes:
-        raise _too_large(obj.uri, obj.size, max_bytes)
-    try:
-        resp = _client_for(spec).get_object(Bucket=spec.bucket, Key=obj.uri[len(prefix) :])
-        length = resp.get("ContentLength")
-        if length is not None and length > max_bytes:
-            resp["Body"].close()
-            raise _too_large(obj.uri, length, max_bytes)
-        with resp["Body"] as body:
-            data = body.read(max_bytes + 1)
-    except ClientError as exc:
-        code, message = _s3_error(exc)
-        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
-            raise FetchError("missing", f"{obj.uri}: {message}") from None
-        if code in ("AccessDenied", "403", "Forbidden"):
-            raise FetchError("unreadable", f"{obj.uri}: {message}") from None
-        # botocore's text says "(reached max retries: N)" when the retry budget ran out
-        http = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get(
-            "HTTPStatusCode") or 0
-        transient = http >= 500 or http == 429 or code in _S3_THROTTLED
-        raise FetchError("fetch_failed", f"{obj.uri}: {exc}", transient=transient) from None
-    except BotoCoreError as exc:  # timeouts, refused or reset connections, after retries
-        raise FetchError("fetch_failed", f"{obj.uri}: {type(exc).__name__}: {exc}",
-                         transient=True) from None
-    if len(data) > max_bytes:
-        raise _too_large(obj.uri, None, max_bytes)
-    return data
-
-
-# -- URL manifests ---------------------------------------------------------------------------
 _SENSITIVE_PARAM = re.compile(
     r"(?:^|[_\-.])(?:token|signature|sig|secret|password|passwd|pwd|credential|key|apikey|"
     r"auth|session)$|^(?:awsaccesskeyid|key-pair-id|policy)$",
@@ -477,9 +103,7 @@ def _iter_manifest(spec: UrlManifestSource) -> Iterator[str]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from omnifer import storage
-
-    fs, path = storage.resolve(spec.manifest)
+    fs, path = resolve(spec.manifest)
     try:
         if spec.manifest.lower().endswith((".parquet", ".pq")):
             parquet = pq.ParquetFile(fs.open_input_file(path))
@@ -521,7 +145,7 @@ def _manifest_originals(spec: UrlManifestSource) -> dict[str, str]:
     return mapping
 
 
-def _is_public(address: str) -> bool:
+def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -541,7 +165,7 @@ def _guarded_connect(allow_private: bool) -> Callable[..., socket.socket]:
         host, port = address
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not allow_private:
-            bad = sorted({info[4][0] for info in infos if not _is_public(info[4][0])})
+            bad = sorted({info[4][0] for info in infos if not is_public_address(info[4][0])})
             if bad:
                 raise _Refused(f"{host} resolves to non-public address {', '.join(bad)}")
         last: OSError | None = None
@@ -645,7 +269,7 @@ def _fetch_once(spec: UrlManifestSource, url: str, shown: str, max_bytes: int) -
                 raise FetchError("fetch_failed", f"{shown}: HTTP {resp.status}")
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
-                raise _too_large(shown, int(length), max_bytes)
+                raise too_large(shown, int(length), max_bytes)
             return _read_capped(resp, shown, max_bytes, deadline)
         except _Refused as exc:
             raise FetchError("forbidden_url", f"{shown}: {exc}") from None
@@ -669,11 +293,4 @@ def _read_capped(resp: http.client.HTTPResponse, shown: str, max_bytes: int,
         chunks.append(chunk)
         total += len(chunk)
         if total > max_bytes:
-            raise _too_large(shown, None, max_bytes)
-
-
-__all__ = [
-    "IMAGE_EXTENSIONS", "FetchError", "LocalSource", "S3Source", "SourceObject", "SourceSpec",
-    "UrlManifestSource", "list_objects", "parse_source", "read_object", "s3_client",
-    "source_from_dict", "strip_credentials",
-]
+            raise too_large(shown, None, max_bytes)

@@ -1,0 +1,1 @@
+"""Images as arrays: the one decoder (bytes → BGR), resizing, the normalised space."""

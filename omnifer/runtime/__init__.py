@@ -1,0 +1,1 @@
+"""How the process runs: progress reporting, native heap hygiene, tables for the terminal."""
