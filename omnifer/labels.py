@@ -7,6 +7,8 @@ to keep it (then it is appended as index 7).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 CLASSES: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "angry")
 CLASSES_WITH_CONTEMPT: tuple[str, ...] = CLASSES + ("contempt",)
 CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES_WITH_CONTEMPT)}
@@ -22,3 +24,11 @@ RAFDB_TO_CANONICAL: dict[int, str] = {
     7: "neutral",
 }
 CANONICAL_TO_RAFDB: dict[str, int] = {v: k for k, v in RAFDB_TO_CANONICAL.items()}
+
+
+def ordered_classes(names: Iterable[str | None]) -> list[str]:
+    """``names`` in canonical label order where they are labels (:data:`CLASSES_WITH_CONTEMPT`),
+    the others after them, sorted; each once, None dropped."""
+    present = {str(n) for n in names if n is not None}
+    canon = [c for c in CLASSES_WITH_CONTEMPT if c in present]
+    return canon + sorted(present - set(canon))

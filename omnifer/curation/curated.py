@@ -1,4 +1,8 @@
-"""Curated sets as training data: which versions count, how much is new, and their crops.
+"""Curated sets: selection into the catalog, which versions count, how much is new, their crops.
+
+:func:`select_curated` is the select stage: the night's scores through the selection policy
+(:mod:`omnifer.curation.selection`) into the ``curated`` dataset, as a version named by the
+night, the policy and the model.
 
 A night can hold several curated versions (a policy or model changed and selection ran
 again); what the current primitive model mined is, per night, its latest version. Distillation
@@ -7,23 +11,33 @@ version covers yet) is what the nightly flow compares with ``retrain.min_new_cur
 
 Crops live in ``faces``, labels in ``curated``: :func:`export_crops` joins them with DuckDB
 straight into a local Parquet file (streamed, so a curated set larger than memory works), which
-:class:`omnifer.distill.ParquetClassSampler` then samples from.
+:class:`omnifer.distill.samplers.ParquetClassSampler` then samples from.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from omnifer.catalog import DataCatalog
-from omnifer.datasets import LabeledData, resize_images
-from omnifer.errors import DatasetError
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.catalog.plans import digest
+from omnifer.catalog.provenance import provenance
+from omnifer.catalog.schemas import CURATED
+from omnifer.curation.selection import SelectionPolicy, select_samples
+from omnifer.errors import DatasetError, DecodeError
+from omnifer.imaging.decode import decode_image
+from omnifer.imaging.transforms import resize_image
+from omnifer.labeled.base import LabeledData
 from omnifer.labels import CLASSES
 
 log = logging.getLogger(__name__)
@@ -130,11 +144,11 @@ def to_labeled(
                                            ("label", "crop", "face_id", "copies")), strict=True):
         if label not in lookup:
             continue
-        img = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
+        try:
+            img = resize_image(decode_image(crop).image, size)
+        except DecodeError:
             log.warning("curated face %s has an unreadable crop: skipped", face)
             continue
-        img = resize_images(img[None], size)[0]
         for _ in range(max(1, int(copies or 1)) if honour_copies else 1):
             images.append(img)
             targets.append(lookup[label])
@@ -143,3 +157,59 @@ def to_labeled(
         raise DatasetError(f"curated versions {list(versions)} hold no usable faces")
     return LabeledData(np.stack(images), np.asarray(targets, np.int64), tuple(classes), names,
                        source=f"curated:{','.join(versions)}")
+
+
+# -- the select stage ----------------------------------------------------------------------------
+class CuratedResult(BaseModel):
+    """What selecting a night did: the curated version, candidates and rows kept per class."""
+
+    curated_version: str
+    candidates: int
+    selected: int
+    per_class: dict[str, int]
+
+
+def curated_version_for(ingest_date: str, policy_json: str, model_version: str) -> str:
+    """``<date>.<digest of policy and model>``: the same night, policy and model, one name."""
+    return f"{ingest_date}.{digest([policy_json, model_version])[:8]}"
+
+
+def select_curated(
+    catalog: DataCatalog, ingest_date: str, policy: SelectionPolicy, model_version: str,
+    run_id: str,
+) -> CuratedResult:
+    """Apply the selection policy to the night's scores and commit the curated set.
+
+    Runs over the whole night (class balance and top-K are per night), after every shard is
+    committed. The file name comes from the curated version, so a rerun replaces, not adds.
+    """
+    flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
+    flt = flt & (ds.field("status") == "ok")
+    scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
+                                             "flip_agreement", "det_score", "face_size", "margin"],
+                          filter=flt)
+    # A face can only be curated once per night even if identical bytes came twice.
+    if scores.num_rows:
+        _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
+                             return_index=True)
+        scores = scores.take(pa.array(np.sort(first)))
+    policy_json = policy.to_json()
+    version = curated_version_for(ingest_date, policy_json, model_version)
+    selected = select_samples(scores, policy)
+    n = selected.num_rows
+    copies = selected["copies"] if "copies" in selected.column_names else pa.array([1] * n)
+    table = pa.table({
+        "face_id": selected["face_id"],
+        "curated_version": pa.array([version] * n),
+        "label": selected["label"],
+        "confidence": selected["confidence"],
+        "similarity": selected["similarity"],
+        "copies": pc.cast(copies, pa.int16()),
+        "policy": pa.array([policy_json] * n),
+        "model_version": pa.array([model_version] * n),
+        **{k: pa.array([v] * n, CURATED.field(k).type) for k, v in provenance(run_id).items()},
+    })
+    catalog.write("curated", f"part-{version}.parquet", table, ingest_date=ingest_date)
+    per_class = dict(sorted(Counter(table["label"].to_pylist()).items()))
+    return CuratedResult(curated_version=version, candidates=scores.num_rows, selected=n,
+                         per_class=per_class)

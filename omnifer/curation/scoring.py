@@ -24,7 +24,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from omnifer.model import LoadedModel
+from omnifer.devices import resolve_device
+from omnifer.imaging.transforms import resize_image
+from omnifer.models.checkpoints import LoadedModel
 
 
 @dataclass
@@ -114,9 +116,7 @@ class Scorer:
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 256,
                  device: str | torch.device | None = None) -> None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.loaded = loaded
         self.model = loaded.model.to(self.device).eval()
         self.prototypes = loaded.prototypes.to(self.device)
@@ -160,10 +160,7 @@ class Scorer:
         size = self.loaded.card.input_size
         buf: list[np.ndarray] = []
         for crop in crops:
-            if crop.shape[:2] != (size, size):
-                from omnifer.datasets import resize_images
-
-                crop = resize_images(crop[None], size)[0]
+            crop = resize_image(crop, size)
             buf.append(crop)
             if len(buf) == self.batch_size:
                 yield self._score_one(np.stack(buf))

@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from omnifer.errors import ConfigError, DatasetError
+from omnifer.config import Settings
+from omnifer.errors import ConfigError, DatasetError, config_error
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,12 @@ def load_policy(path: Path | str | None = None, **overrides: Any) -> SelectionPo
     try:
         return SelectionPolicy(**raw)
     except ValidationError as exc:
-        first = " ".join(str(exc).splitlines()[:3])
-        raise ConfigError(f"invalid selection policy: {first}") from None
+        raise config_error("selection policy", exc) from None
+
+
+def policy_from_settings(settings: Settings) -> SelectionPolicy:
+    """The policy of ``selection:`` in the settings (omnifer.yaml / ``OMNIFER_SELECTION``)."""
+    return load_policy(None, **settings.selection)
 
 
 def _column(table: pa.Table, name: str, dtype: Any, fill: Any) -> np.ndarray:

@@ -19,8 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnifer.distill import ClassSampler, DistillConfig, TensorClassSampler, distill, resolve_device
-from omnifer.distill_methods import DSA, ConvNet, reset_parameters
+from omnifer.devices import resolve_device
+from omnifer.distill.augmentation import DSA
+from omnifer.distill.config import DistillConfig
+from omnifer.distill.methods import distill
+from omnifer.distill.networks import ConvNet, reset_parameters
+from omnifer.distill.samplers import ClassSampler, TensorClassSampler
 
 log = logging.getLogger(__name__)
 

@@ -1,288 +1,38 @@
-"""Networks, differentiable augmentation and the distillation methods (DM, gradient matching).
+"""The distillation methods (DM, gradient matching) and :func:`distill`, which runs one.
 
 Everything here is plain torch and device-agnostic. Randomness always comes from an explicit
 CPU :class:`torch.Generator` (never the global RNG), so a seed gives identical tensors on CPU.
-
-* :class:`ConvNet` — the ConvNet-D of the dataset-distillation literature: D blocks of
-  conv3x3(width) → instance norm (GroupNorm with one group per channel, affine) → ReLU →
-  avgpool 2, then a linear classifier. ``embed(x)`` is the flattened feature before it.
-* :class:`DSA` — differentiable siamese augmentation (Zhao & Bilen 2021): colour, crop
-  (translate), cutout, flip, scale, rotate with ``affine_grid``/``grid_sample``; the same
-  parameters are applied to the real and the synthetic batch of one class and iteration.
-* Methods register by name (``@register_method("dm")``); each takes the synthetic tensor and
-  optimises it in place; :func:`omnifer.distill.distill` calls them.
+Methods register by name (:mod:`omnifer.distill.registry`); each takes the synthetic tensor and
+optimises it in place.
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-if TYPE_CHECKING:
-    from omnifer.distill import ClassSampler, DistillConfig
+from omnifer.devices import resolve_device
+from omnifer.distill.augmentation import DSA
+from omnifer.distill.config import DistillConfig
+from omnifer.distill.networks import ConvNet, reset_parameters
+from omnifer.distill.registry import METHODS, MethodResult, register_method
+from omnifer.distill.result import DistilledSet
+from omnifer.distill.samplers import ClassSampler
+from omnifer.errors import ConfigError, DatasetError
+from omnifer.runtime.progress import track
+
+log = logging.getLogger(__name__)
 
 __all__ = [
-    "DSA",
-    "METHODS",
-    "ConvNet",
-    "MethodResult",
-    "dm_embedding_gap",
-    "gradient_distance",
-    "gm_matching_loss",
-    "register_method",
-    "reset_parameters",
+    "distill", "distribution_matching", "dm_embedding_gap", "gradient_distance",
+    "gradient_matching", "gm_matching_loss", "init_synthetic",
 ]
-
-
-# --------------------------------------------------------------------------- networks
-
-
-class ConvNet(nn.Module):
-    """ConvNet-``depth``: [conv3x3(width) → InstanceNorm → ReLU → AvgPool2]×depth → Linear."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        channels: int = 3,
-        width: int = 128,
-        depth: int = 3,
-        image_size: int = 32,
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_ch, size = channels, image_size
-        for _ in range(depth):
-            layers += [
-                nn.Conv2d(in_ch, width, kernel_size=3, padding=1),
-                nn.GroupNorm(width, width, affine=True),  # instance norm, as in DC/DSA/DM
-                nn.ReLU(inplace=True),
-                nn.AvgPool2d(kernel_size=2, stride=2),
-            ]
-            in_ch, size = width, size // 2
-        if size < 1:
-            raise ValueError(f"image_size {image_size} is too small for depth {depth}")
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = width * size * size
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Flattened features ``(N, feature_dim)``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
-
-
-@torch.no_grad()
-def reset_parameters(net: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Re-initialise ``net`` like PyTorch's defaults, drawing from ``generator`` (CPU).
-
-    Conv/Linear: kaiming-uniform(a=√5) weights and U(±1/√fan_in) biases; norm layers: 1 and 0.
-    """
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            weight = module.weight
-            fan_in = weight[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform with a=sqrt(5) gives this bound
-            weight.copy_(torch.empty(weight.shape).uniform_(-bound, bound, generator=generator))
-            if module.bias is not None:
-                module.bias.copy_(
-                    torch.empty(module.bias.shape).uniform_(-bound, bound, generator=generator)
-                )
-        elif isinstance(module, (nn.GroupNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
-            if getattr(module, "weight", None) is not None:
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-    return net
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-@dataclass
-class DSA:
-    """Differentiable siamese augmentation.
-
-    ``strategy`` is an underscore-joined list of ``color``, ``crop``, ``cutout``, ``flip``,
-    ``scale``, ``rotate`` (the literature's ``color_crop_cutout_flip_scale_rotate``).
-    ``mode="single"`` applies one randomly chosen transform per call (DSA's reference
-    ``aug_mode='S'``); ``"all"`` applies every transform in order.
-
-    Call ``params = dsa.sample(n, generator, siamese=True)`` then ``dsa.apply(x, params)`` on
-    both batches: with ``siamese`` every image gets the same parameters, so batches of
-    different sizes can share them. With ``siamese=False`` each of ``n`` images gets its own.
-    """
-
-    strategy: str = "color_crop_cutout_flip_scale_rotate"
-    mode: str = "single"
-    scale: float = 1.2
-    rotate_deg: float = 15.0
-    crop_ratio: float = 0.125
-    cutout_ratio: float = 0.5
-    brightness: float = 1.0
-    saturation: float = 2.0
-    contrast: float = 0.5
-    ops: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        ops = tuple(p for p in self.strategy.split("_") if p and p.lower() != "none")
-        unknown = sorted(set(ops) - set(_OPS))
-        if unknown:
-            raise ValueError(f"unknown DSA transforms {unknown}; known: {sorted(_OPS)}")
-        if self.mode not in {"single", "all"}:
-            raise ValueError(f"DSA mode must be 'single' or 'all', not {self.mode!r}")
-        self.ops = ops
-
-    def sample(self, n: int, generator: torch.Generator, siamese: bool = True) -> dict[str, Any]:
-        """Random parameters for a batch of ``n`` (CPU tensors of length ``n`` or 1)."""
-        if not self.ops:
-            return {}
-        if self.mode == "single":
-            pick = int(torch.randint(len(self.ops), (1,), generator=generator))
-            chosen: Sequence[str] = (self.ops[pick],)
-        else:
-            chosen = self.ops
-        m = 1 if siamese else n
-
-        def u(lo: float = 0.0, hi: float = 1.0) -> Tensor:
-            return torch.rand(m, generator=generator) * (hi - lo) + lo
-
-        params: dict[str, Any] = {}
-        for op in chosen:
-            if op == "color":
-                params["color"] = (u(-0.5, 0.5) * self.brightness, u() * self.saturation,
-                                   u() + self.contrast)
-            elif op == "crop":
-                params["crop"] = (u(-1, 1) * self.crop_ratio * 2, u(-1, 1) * self.crop_ratio * 2)
-            elif op == "cutout":
-                params["cutout"] = (u(), u())
-            elif op == "flip":
-                params["flip"] = u() < 0.5
-            elif op == "scale":
-                params["scale"] = (u(1 / self.scale, self.scale), u(1 / self.scale, self.scale))
-            elif op == "rotate":
-                params["rotate"] = u(-1, 1) * math.radians(self.rotate_deg)
-        return params
-
-    def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
-        """Apply sampled ``params`` to ``x`` (N,C,H,W); differentiable w.r.t. ``x``."""
-        for op in self.ops:
-            if op in params:
-                x = _OPS[op](self, x, _to(params[op], x))
-        return x
-
-    def __call__(self, x: Tensor, generator: torch.Generator, siamese: bool = False) -> Tensor:
-        return self.apply(x, self.sample(x.shape[0], generator, siamese=siamese))
-
-
-def _to(p: Any, x: Tensor) -> Any:
-    if isinstance(p, tuple):
-        return tuple(_to(v, x) for v in p)
-    value = p.to(x.device)
-    return value.to(x.dtype) if value.is_floating_point() else value
-
-
-def _col(v: Tensor, n: int) -> Tensor:
-    return v.expand(n).view(n, 1, 1, 1)
-
-
-def _affine(x: Tensor, theta: Tensor) -> Tensor:
-    theta = theta.expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _color(_: DSA, x: Tensor, p: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    n = x.shape[0]
-    bright, sat, con = p
-    x = x + _col(bright, n)
-    mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * _col(sat, n) + mean
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * _col(con, n) + mean
-
-
-def _crop(_: DSA, x: Tensor, p: tuple[Tensor, Tensor]) -> Tensor:
-    tx, ty = p
-    one, zero = torch.ones_like(tx), torch.zeros_like(tx)
-    theta = torch.stack([torch.stack([one, zero, tx], -1), torch.stack([zero, one, ty], -1)], 1)
-    return _affine(x, theta)
-
-
-def _scale(_: DSA, x: Tensor, p: tuple[Tensor, Tensor]) -> Tensor:
-    sx, sy = p
-    zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, zero], -1), torch.stack([zero, sy, zero], -1)], 1)
-    return _affine(x, theta)
-
-
-def _rotate(_: DSA, x: Tensor, angle: Tensor) -> Tensor:
-    c, s, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1)], 1)
-    return _affine(x, theta)
-
-
-def _flip(_: DSA, x: Tensor, flag: Tensor) -> Tensor:
-    flag = flag.expand(x.shape[0]).view(-1, 1, 1, 1)
-    return torch.where(flag, x.flip(3), x)
-
-
-def _cutout(aug: DSA, x: Tensor, p: tuple[Tensor, Tensor]) -> Tensor:
-    n, _, h, w = x.shape
-    cy, cx = (v.expand(n) for v in p)
-    half_h, half_w = aug.cutout_ratio * h / 2, aug.cutout_ratio * w / 2
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + 0.5
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + 0.5
-    inside = ((ys - (cy * h).view(n, 1, 1)).abs() < half_h) & (
-        (xs - (cx * w).view(n, 1, 1)).abs() < half_w
-    )
-    return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-_OPS: dict[str, Callable[..., Tensor]] = {
-    "color": _color,
-    "crop": _crop,
-    "cutout": _cutout,
-    "flip": _flip,
-    "scale": _scale,
-    "rotate": _rotate,
-}
-
-
-# --------------------------------------------------------------------------- registry
-
-
-@dataclass
-class MethodResult:
-    """What a method reports besides the images it optimised in place."""
-
-    losses: list[float] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-MethodFn = Callable[..., MethodResult]
-METHODS: dict[str, MethodFn] = {}
-
-
-def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Register a distillation method under ``name``.
-
-    The function is called as ``fn(syn, sampler, num_classes, config, generator, device,
-    steps)`` where ``syn`` is a leaf tensor ``(C*ipc, 3, H, W)`` with ``requires_grad`` that
-    the method optimises in place, and ``steps`` an iterable to loop over (progress-wrapped).
-    """
-
-    def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = fn
-        return fn
-
-    return wrap
 
 
 def _make_net(num_classes: int, config: DistillConfig, device: torch.device) -> ConvNet:
@@ -503,3 +253,56 @@ def gm_matching_loss(
 ) -> float:
     """Mean gradient-matching distance over ``num_nets`` fresh random ConvNets (no DSA)."""
     return _mean_over_random_nets(_gm_loss, syn, real_by_class, ipc, num_nets, seed, width, depth)
+
+
+# --------------------------------------------------------------------------- running a method
+
+
+def init_synthetic(
+    sampler: ClassSampler, num_classes: int, config: DistillConfig, generator: torch.Generator
+) -> Tensor:
+    """Initial synthetic set: real samples per class (``init="real"``) or Gaussian noise."""
+    size = config.image_size
+    if config.init == "noise":
+        return torch.randn(num_classes * config.ipc, 3, size, size, generator=generator)
+    parts = [sampler.sample(c, config.ipc, generator) for c in range(num_classes)]
+    x = torch.cat(parts).float()
+    if x.shape[-2:] != (size, size):
+        raise ConfigError(f"sampler yields {tuple(x.shape[-2:])} images, config wants {size}")
+    return x
+
+
+def distill(
+    sampler: ClassSampler,
+    classes: Sequence[str],
+    config: DistillConfig | None = None,
+    progress: bool = True,
+) -> DistilledSet:
+    """Distil ``sampler``'s classes into ``config.ipc`` synthetic images per class.
+
+    Deterministic for a seed on CPU (all randomness comes from one seeded generator).
+    """
+    config = config or DistillConfig()
+    classes = list(classes)
+    num_classes = len(classes)
+    if num_classes != sampler.num_classes:
+        raise ConfigError(f"{num_classes} class names for a sampler of {sampler.num_classes}")
+    empty = [name for c, name in enumerate(classes) if sampler.count(c) == 0]
+    if empty:
+        raise DatasetError(f"no real images for classes {empty}")
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)
+    syn = init_synthetic(sampler, num_classes, config, generator).to(device).requires_grad_(True)
+    labels = torch.arange(num_classes).repeat_interleave(config.ipc)
+    steps: Any = range(config.iterations)
+    if progress:
+        steps = track(steps, f"distill {config.method} ipc={config.ipc}",
+                      total=config.iterations, unit="it")
+    log.info("distilling %d classes, method %s, ipc %d, %d iterations on %s",
+             num_classes, config.method, config.ipc, config.iterations, device)
+    start = time.perf_counter()
+    result = METHODS[config.method](syn, sampler, num_classes, config, generator, device, steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    return DistilledSet(syn.detach().cpu(), labels, classes, config, wall, result.losses)

@@ -1,177 +1,71 @@
-"""Dataset distillation: a curated set → a few synthetic images per class.
+"""Where distillation's real images come from: samplers per class, in the normalised space.
 
-The stage function is :func:`distill` ``(sampler, classes, config) -> DistilledSet``. Real data
-streams in through a :class:`ClassSampler` (``sample(class_idx, n, generator)``), so a curated
-set larger than memory works: :class:`ParquetClassSampler` indexes the label column once and
-reads only the sampled rows' row groups. Methods live in :mod:`omnifer.distill_methods`
-(registry ``METHODS``: ``dm`` distribution matching, ``gm`` gradient matching); evaluation in
-:mod:`omnifer.distill_eval`.
-
-Images are float tensors ``(N, 3, H, W)`` in RGB order, normalised with :data:`MEAN`/:data:`STD`
-("the normalised space"); inputs arrive as BGR JPEG/PNG bytes (face crops, 112×112) and are
-resized to ``image_size``.
+Real data streams in through a :class:`ClassSampler` (``sample(class_idx, n, generator)``),
+so a curated set larger than memory works: :class:`ParquetClassSampler` indexes the label
+column once and reads only the sampled rows' row groups. Images are float tensors
+``(N, 3, H, W)`` in RGB order, normalised with the ImageNet mean/std
+(:func:`omnifer.imaging.tensors.normalize`); inputs arrive as JPEG/PNG bytes (face crops,
+112×112), decoded by :func:`omnifer.imaging.decode.decode_image`, and are resized to
+``image_size``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 from omnifer import storage
-from omnifer.distill_methods import METHODS, register_method
-from omnifer.errors import ConfigError, DatasetError
-from omnifer.labels import CLASSES_WITH_CONTEMPT
-from omnifer.progress import track
-from omnifer.schemas import DISTILLED
-from omnifer.version import code_version
+from omnifer.errors import DatasetError, DecodeError
+from omnifer.imaging.decode import decode_image
+from omnifer.imaging.tensors import normalize
+from omnifer.imaging.transforms import bgr_to_rgb_chw, is_image_name, resize_image
+from omnifer.labels import ordered_classes
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MEAN",
-    "STD",
-    "ClassSampler",
-    "DistillConfig",
-    "DistilledSet",
-    "ParquetClassSampler",
-    "TensorClassSampler",
-    "decode_image",
-    "denormalize",
-    "distill",
-    "read_image_folder",
-    "register_method",
-    "resolve_device",
-    "save_grids",
-]
 
-# RGB mean/std of the normalised space (ImageNet statistics: faces are close enough, and a
-# fixed constant keeps distilled tensors comparable across curated versions).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+def crop_to_chw(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1]; DatasetError if undecodable."""
+    try:
+        img = decode_image(data).image
+    except DecodeError as exc:
+        raise DatasetError(f"cannot decode image bytes: {exc}") from None
+    return bgr_to_rgb_chw(resize_image(img, image_size)[None])[0]
 
 
-# --------------------------------------------------------------------------- config
-
-
-class DistillConfig(BaseModel):
-    """Parameters of one distillation run (stored as JSON in every output row)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str = "dm"
-    ipc: int = Field(10, ge=1, description="synthetic images per class")
-    iterations: int = Field(1000, ge=0)
-    lr_img: float | None = Field(None, gt=0, description="pixel lr; None: 1.0 DM, 0.1 GM")
-    batch_real: int = Field(64, ge=1, description="real images per class per iteration")
-    image_size: int = Field(32, ge=8)
-    seed: int = 0
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    dsa_mode: Literal["single", "all"] = "single"
-    init: Literal["real", "noise"] = "real"
-    net_width: int = Field(128, ge=1)
-    net_depth: int = Field(3, ge=1)
-    gm_outer_loop: int = Field(5, ge=1, description="GM: image updates per random net")
-    gm_inner_loop: int = Field(5, ge=0, description="GM: net steps on syn between updates")
-    gm_lr_net: float = Field(0.01, gt=0)
-    device: str = "auto"
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; registered: {sorted(METHODS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _resolve(self) -> DistillConfig:
-        if self.lr_img is None:
-            self.lr_img = 1.0 if self.method == "dm" else 0.1
-        if self.image_size >> self.net_depth < 1:
-            raise ValueError(f"image_size {self.image_size} too small for depth {self.net_depth}")
-        return self
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _mean_std(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    return mean, std
-
-
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """JPEG/PNG bytes (BGR on disk) → float32 RGB ``(3, S, S)`` in [0, 1]."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError("cannot decode image bytes")
-    if img.shape[:2] != (image_size, image_size):
-        interp = cv2.INTER_AREA if img.shape[0] > image_size else cv2.INTER_LINEAR
-        img = cv2.resize(img, (image_size, image_size), interpolation=interp)
-    return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
-
-
-def normalize(x: Tensor) -> Tensor:
-    mean, std = _mean_std(x.device)
-    return (x - mean) / std
-
-
-def denormalize(x: Tensor) -> Tensor:
-    """Normalised RGB → [0, 1] RGB (clamped)."""
-    mean, std = _mean_std(x.device)
-    return (x.float() * std + mean).clamp(0, 1)
-
-
-def _order_classes(names: Sequence[str]) -> list[str]:
-    """Canonical label order where the names are canonical labels, else sorted."""
-    canon = [c for c in CLASSES_WITH_CONTEMPT if c in set(names)]
-    rest = sorted(set(names) - set(canon))
-    return canon + rest
-
-
-def read_image_folder(
+def image_folder_tensors(
     root: str | Path, image_size: int, classes: Sequence[str] | None = None
 ) -> tuple[Tensor, Tensor, list[str]]:
-    """Read ``ROOT/<class>/*.{jpg,png}`` into ``(images, labels, classes)``, normalised.
-
-    A small local reader for the CLI; class order is canonical where names are labels.
+    """``ROOT/<class>/*`` (files directly in each class folder) as ``(images, labels,
+    classes)``: normalised ``(N, 3, S, S)``, ``(N,)`` int64, and the class names (canonical
+    order where names are labels, else sorted; or ``classes``, whose folders alone are read).
+    Undecodable images are skipped with a warning. (Labeled training data is
+    :func:`omnifer.labeled.folder.read_image_folder`; this gives distillation's tensors.)
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = list(classes) if classes is not None else _order_classes(found)
+    classes = list(classes) if classes is not None else ordered_classes(found)
     images: list[np.ndarray] = []
     labels: list[int] = []
     for idx, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        files = sorted(p for p in folder.glob("*") if is_image_name(p.name)) \
             if folder.is_dir() else []
         for path in files:
             try:
-                images.append(decode_image(path.read_bytes(), image_size))
+                images.append(crop_to_chw(path.read_bytes(), image_size))
             except DatasetError:
                 log.warning("skipping undecodable image %s", path)
                 continue
@@ -180,9 +74,6 @@ def read_image_folder(
         raise DatasetError(f"no images under {root}/<class>/*.jpg|png")
     x = normalize(torch.from_numpy(np.stack(images)))
     return x, torch.tensor(labels, dtype=torch.long), classes
-
-
-# --------------------------------------------------------------------------- samplers
 
 
 @runtime_checkable
@@ -249,8 +140,6 @@ class ParquetClassSampler:
         self.cache_row_groups = cache_row_groups
         source = str(source)
         fs, path = storage.resolve(source)
-        from pyarrow import fs as pafs
-
         if fs.get_file_info(path).type == pafs.FileType.File:
             files = [path]
         else:
@@ -278,7 +167,7 @@ class ParquetClassSampler:
                 self._starts.append((0, fi, rg))
         if classes is None:
             seen = set().union(*(set(g) for g in group_labels)) if group_labels else set()
-            classes = _order_classes(seen)
+            classes = ordered_classes(seen)
         self.classes = list(classes)
         self.num_classes = len(self.classes)
         lookup = {name: i for i, name in enumerate(self.classes)}
@@ -321,164 +210,10 @@ class ParquetClassSampler:
             values = self._row_group(int(g))
             for i in np.nonzero(groups == g)[0]:
                 data = values[int(global_rows[i] - self._group_starts[g])]
-                out[i] = decode_image(data, self.image_size)
+                out[i] = crop_to_chw(data, self.image_size)
         return normalize(torch.from_numpy(np.stack(out)))  # type: ignore[arg-type]
 
     def sample(self, class_idx: int, n: int, generator: torch.Generator) -> Tensor:
         rows = self.index[class_idx]
         picked = rows[_pick(rows.size, n, generator).numpy()]
         return self.rows(picked)
-
-
-# --------------------------------------------------------------------------- result
-
-
-@dataclass
-class DistilledSet:
-    """Distilled images ``(C*ipc, 3, H, W)`` (class-major), their labels and provenance."""
-
-    images: Tensor
-    labels: Tensor
-    classes: list[str]
-    config: DistillConfig
-    wall_time_s: float
-    losses: list[float] | None = None
-
-    def to_arrow(
-        self,
-        curated_version: str | None = None,
-        distilled_version: str | None = None,
-        dtype: Literal["float16", "float32"] = "float32",
-        run_id: str | None = None,
-    ) -> pa.Table:
-        """One row per image, schema :data:`omnifer.schemas.DISTILLED`."""
-        torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
-        params = self.config.model_dump_json()
-        now = dt.datetime.now(dt.UTC)
-        rows = []
-        counters: dict[int, int] = {}
-        for img, lab in zip(self.images.detach().cpu(), self.labels.tolist(), strict=True):
-            idx = counters.get(lab, 0)
-            counters[lab] = idx + 1
-            arr = img.to(torch_dtype).contiguous().numpy()
-            rows.append({
-                "distilled_version": distilled_version,
-                "class": self.classes[lab],
-                "index": idx,
-                "image": arr.tobytes(),
-                "shape": list(arr.shape),
-                "dtype": dtype,
-                "method": self.config.method,
-                "params": params,
-                "curated_version": curated_version,
-                "run_id": run_id,
-                "code_version": code_version(),
-                "created_at": now,
-            })
-        return pa.Table.from_pylist(rows, schema=DISTILLED)
-
-    @classmethod
-    def from_arrow(cls, table: pa.Table) -> DistilledSet:
-        """Inverse of :meth:`to_arrow`: rows ordered by class, then index; classes in
-        canonical label order where they are labels, else sorted by name."""
-        if table.num_rows == 0:
-            raise DatasetError("distilled table is empty")
-        rows = table.select(["class", "index", "image", "shape", "dtype", "params"]).to_pylist()
-        config = DistillConfig.model_validate_json(rows[0]["params"])
-        classes = _order_classes({r["class"] for r in rows})
-        rows.sort(key=lambda r: (classes.index(r["class"]), r["index"]))
-        images = [
-            torch.from_numpy(
-                np.frombuffer(r["image"], dtype=np.dtype(r["dtype"])).reshape(r["shape"]).copy()
-            ).float()
-            for r in rows
-        ]
-        labels = torch.tensor([classes.index(r["class"]) for r in rows], dtype=torch.long)
-        return cls(torch.stack(images), labels, classes, config, wall_time_s=float("nan"))
-
-    def write_parquet(self, uri: str, curated_version: str | None = None,
-                      distilled_version: str | None = None) -> None:
-        storage.write_table_atomic(uri, self.to_arrow(curated_version, distilled_version))
-
-
-def save_grids(distilled: DistilledSet, out_dir: str | Path, scale: int = 2) -> list[Path]:
-    """One PNG grid per class (``<out_dir>/<class>.png``), denormalised, BGR via cv2."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    images = denormalize(distilled.images.detach().cpu())
-    for c, name in enumerate(distilled.classes):
-        imgs = images[distilled.labels == c]
-        if imgs.shape[0] == 0:
-            continue
-        n = imgs.shape[0]
-        cols = min(n, 10)
-        rows = -(-n // cols)
-        _, h, w = imgs.shape[1:]
-        grid = np.ones((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), np.uint8) * 255
-        for i, img in enumerate(imgs):
-            r, k = divmod(i, cols)
-            tile = (img.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8)
-            y0, x0 = 2 + r * (h + 2), 2 + k * (w + 2)
-            grid[y0 : y0 + h, x0 : x0 + w] = tile
-        if scale > 1:
-            grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        path = out_dir / f"{name}.png"
-        if not cv2.imwrite(str(path), grid):
-            raise DatasetError(f"cannot write {path}")
-        written.append(path)
-    return written
-
-
-# --------------------------------------------------------------------------- stage
-
-
-def init_synthetic(
-    sampler: ClassSampler, num_classes: int, config: DistillConfig, generator: torch.Generator
-) -> Tensor:
-    """Initial synthetic set: real samples per class (``init="real"``) or Gaussian noise."""
-    size = config.image_size
-    if config.init == "noise":
-        return torch.randn(num_classes * config.ipc, 3, size, size, generator=generator)
-    parts = [sampler.sample(c, config.ipc, generator) for c in range(num_classes)]
-    x = torch.cat(parts).float()
-    if x.shape[-2:] != (size, size):
-        raise ConfigError(f"sampler yields {tuple(x.shape[-2:])} images, config wants {size}")
-    return x
-
-
-def distill(
-    sampler: ClassSampler,
-    classes: Sequence[str],
-    config: DistillConfig | None = None,
-    progress: bool = True,
-) -> DistilledSet:
-    """Distil ``sampler``'s classes into ``config.ipc`` synthetic images per class.
-
-    Deterministic for a seed on CPU (all randomness comes from one seeded generator).
-    """
-    config = config or DistillConfig()
-    classes = list(classes)
-    num_classes = len(classes)
-    if num_classes != sampler.num_classes:
-        raise ConfigError(f"{num_classes} class names for a sampler of {sampler.num_classes}")
-    empty = [name for c, name in enumerate(classes) if sampler.count(c) == 0]
-    if empty:
-        raise DatasetError(f"no real images for classes {empty}")
-    device = resolve_device(config.device)
-    generator = torch.Generator().manual_seed(config.seed)
-    syn = init_synthetic(sampler, num_classes, config, generator).to(device).requires_grad_(True)
-    labels = torch.arange(num_classes).repeat_interleave(config.ipc)
-    steps: Any = range(config.iterations)
-    if progress:
-        steps = track(steps, f"distill {config.method} ipc={config.ipc}",
-                      total=config.iterations, unit="it")
-    log.info("distilling %d classes, method %s, ipc %d, %d iterations on %s",
-             num_classes, config.method, config.ipc, config.iterations, device)
-    start = time.perf_counter()
-    result = METHODS[config.method](syn, sampler, num_classes, config, generator, device, steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - start
-    return DistilledSet(syn.detach().cpu(), labels, classes, config, wall, result.losses)
-

@@ -1,6 +1,6 @@
 """The distill stage over the catalog: curated versions → the ``distilled`` dataset.
 
-:func:`omnifer.distill.distill` works on any sampler; this module picks what to distil (the
+:func:`omnifer.distill.methods.distill` works on any sampler; this module picks what to distil (the
 current curated versions), streams their crops from Parquet, and commits the result with its
 provenance: one ``distilled/part-<version>.parquet`` file plus a PNG grid per class under
 ``_distilled_grids/<version>/``. The distilled version is a digest of the curated versions and
@@ -15,22 +15,28 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from omnifer import curated, storage
-from omnifer.catalog import DataCatalog
+from omnifer import storage
+from omnifer.catalog.catalog import DataCatalog
 from omnifer.config import join_uri
-from omnifer.distill import DistillConfig, ParquetClassSampler, distill, save_grids
-from omnifer.errors import ConfigError, DatasetError
+from omnifer.curation import curated
+from omnifer.distill.config import DistillConfig
+from omnifer.distill.methods import distill
+from omnifer.distill.result import save_grids
+from omnifer.distill.samplers import ParquetClassSampler
+from omnifer.errors import DatasetError
 from omnifer.labels import CLASSES
 
 log = logging.getLogger(__name__)
 
 
-class DistillOutcome(BaseModel):
+class DistillResult(BaseModel):
+    """What the distill stage did: the distilled version, what it came from, where the grids are.
+    """
+
     distilled_version: str
     curated_versions: list[str]
     curated_rows: int
@@ -42,6 +48,7 @@ class DistillOutcome(BaseModel):
 
 
 def distilled_version_for(curated_versions: Sequence[str], config: DistillConfig) -> str:
+    """``d-<digest>`` of the curated versions and the parameters (not the device)."""
     params = config.model_dump(mode="json", exclude={"device"})
     digest = hashlib.sha256(json.dumps([sorted(curated_versions), params],
                                        sort_keys=True).encode()).hexdigest()
@@ -49,6 +56,7 @@ def distilled_version_for(curated_versions: Sequence[str], config: DistillConfig
 
 
 def latest_distilled_version(catalog: DataCatalog) -> str | None:
+    """The most recently committed distilled version (None when there is none)."""
     con = catalog.connect()
     row = con.execute("SELECT arg_max(distilled_version, created_at) FROM distilled").fetchone()
     return row[0] if row else None
@@ -61,18 +69,18 @@ def distill_curated(
     model_version: str | None = None,
     run_id: str | None = None,
     work_dir: Path | str | None = None,
-) -> DistillOutcome:
+) -> DistillResult:
     """Distil the curated versions (default: the current ones of ``model_version``)."""
     versions = list(curated_versions or curated.current_versions(catalog, model_version))
     if not versions:
         raise DatasetError("nothing to distil: the catalog has no curated rows yet "
                            "(run the nightly ingest first)")
     version = distilled_version_for(versions, config)
-    grids_uri = catalog.aux_uri("_distilled_grids", version)
+    grids_uri = catalog.distilled_grids_uri(version)
     existing = catalog.read("distilled", columns=["distilled_version"])
     if existing.num_rows and pc.any(pc.equal(existing["distilled_version"], version)).as_py():
         log.info("distilled version %s is already committed: skipped", version)
-        return DistillOutcome(distilled_version=version, curated_versions=versions,
+        return DistillResult(distilled_version=version, curated_versions=versions,
                               curated_rows=curated.count_rows(catalog, versions),
                               method=config.method, ipc=config.ipc, skipped=True,
                               grids_uri=grids_uri)
@@ -94,18 +102,6 @@ def distill_curated(
     table = result.to_arrow(curated_version=",".join(versions), distilled_version=version,
                             run_id=run_id)
     catalog.write("distilled", f"part-{version}.parquet", table)
-    return DistillOutcome(distilled_version=version, curated_versions=versions, curated_rows=n,
+    return DistillResult(distilled_version=version, curated_versions=versions, curated_rows=n,
                           method=config.method, ipc=config.ipc,
                           wall_time_s=round(result.wall_time_s, 2), grids_uri=grids_uri)
-
-
-def make_config(overrides: dict[str, Any] | None = None, **more: Any) -> DistillConfig:
-    """A :class:`DistillConfig` from settings overrides plus explicit values (None ignored)."""
-    from pydantic import ValidationError
-
-    values = {**(overrides or {}), **{k: v for k, v in more.items() if v is not None}}
-    try:
-        return DistillConfig(**values)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid distill settings: {exc.errors()[0]['msg']} "
-                          f"({'.'.join(map(str, exc.errors()[0]['loc']))})") from None

@@ -1,23 +1,22 @@
-"""The nightly ingest stage as plain library functions: plan, process shards, select.
+"""The nightly ingest stage as plain library functions: plan, process shards, summarise.
 
 Why shards and plans: a night's new objects are listed once and cut into shards of many
-images; the cut is written down (``_plans/ingest_date=D/plan-NNN.json``) before any work starts,
-so a rerun after a crash finds the same shards with the same ids, skips those whose marker
-(``_shards/ingest_date=D/<id>.json``) exists, and rewrites the others under the same file names.
-That is what makes "kill it and run it again" give exactly the rows of one clean run.
+images; the cut is written down (:mod:`omnifer.catalog.plans`) before any work starts, so a
+rerun after a crash finds the same shards with the same ids, skips those whose commit marker
+exists, and rewrites the others under the same file names. That is what makes "kill it and
+run it again" give exactly the rows of one clean run.
 
 A shard is processed in one call (read → sha256 → decode → detect → align → score) with the
-detector and model kept warm per worker (:class:`WorkerResources`). Every object becomes an
-``images`` row with a ``status`` and ``error``; nothing a single image does ends the shard.
+detector and model kept warm per worker (:class:`omnifer.pipeline.workers.WorkerResources`).
+Every object becomes an ``images`` row with a ``status`` and ``error``; nothing a single image
+does ends the shard. Selection (the night's curated set) is
+:func:`omnifer.curation.curated.select_curated`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import logging
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -25,104 +24,40 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from pydantic import BaseModel, Field
 
-from omnifer import heap, storage
-from omnifer.catalog import DataCatalog
+from omnifer import sources as source_specs
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.catalog.plans import (
+    IngestParams,
+    IngestPlan,
+    ObjectRef,
+    ShardResult,
+    ShardSpec,
+    digest,
+    load_plans,
+    shard_done,
+    write_marker,
+    write_plan_exclusive,
+)
+from omnifer.catalog.provenance import provenance
+from omnifer.catalog.schemas import FACES, IMAGES, SCORES
 from omnifer.errors import DecodeError, OmniferError, SourceError
-from omnifer.schemas import FACES, IMAGES, SCORES
-from omnifer.version import code_version
+from omnifer.faces.detectors import detect_and_align, face_id
+from omnifer.imaging.decode import decode_image
+from omnifer.pipeline.workers import STATUS_DUPLICATE, SeenIndex, ShardSeen, WorkerResources
+from omnifer.runtime import heap
+from omnifer.sources import FetchError, Source, read_object, source_from_dict
 
 log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
-STATUS_DUPLICATE = "duplicate"
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class IngestParams(BaseModel):
-    """Everything that changes a shard's output; its fingerprint is part of the shard id."""
-
-    detector: str = "yunet"
-    min_det_score: float = 0.6
-    min_face_size: int = 32
-    max_side: int = 1280
-    max_pixels: int = 40_000_000
-    max_bytes: int = 50_000_000
-    crop_jpeg_quality: int = 95
-    score_batch_size: int = 128
-    model_version: str
-    model_uri: str
-
-    def fingerprint(self) -> str:
-        return _digest(self.model_dump())[:16]
-
-
-class ObjectRef(BaseModel):
-    source: int  # index into IngestPlan.sources
-    uri: str
-    size: int | None = None
-    version: str | None = None
-
-
-class ShardSpec(BaseModel):
-    shard_id: str
-    ingest_date: str
-    objects: list[ObjectRef]
-
-
-class IngestPlan(BaseModel):
-    plan_id: str
-    ingest_date: str
-    sources: list[dict[str, Any]]
-    params: IngestParams
-    shards: list[ShardSpec]
-    created_at: dt.datetime = Field(default_factory=_now)
-
-    @property
-    def n_objects(self) -> int:
-        return sum(len(s.objects) for s in self.shards)
-
-
-class ShardResult(BaseModel):
-    shard_id: str
-    skipped: bool = False
-    images: int = 0
-    by_status: dict[str, int] = Field(default_factory=dict)
-    faces: int = 0
-    seconds: float = 0.0
-
-
-# -- locations -------------------------------------------------------------------------------
-def _plan_dir(catalog: DataCatalog, date: str) -> str:
-    return catalog.aux_uri("_plans", f"ingest_date={date}")
-
-
-def _marker_uri(catalog: DataCatalog, date: str, shard_id: str) -> str:
-    return catalog.aux_uri("_shards", f"ingest_date={date}", f"{shard_id}.json")
-
-
-def shard_done(catalog: DataCatalog, shard: ShardSpec) -> ShardResult | None:
-    """The committed result of ``shard``, or None when it still has to run."""
-    uri = _marker_uri(catalog, shard.ingest_date, shard.shard_id)
-    if not storage.exists(uri):
-        return None
-    return ShardResult.model_validate_json(storage.read_bytes(uri))
-
-
-def load_plans(catalog: DataCatalog, date: str) -> list[IngestPlan]:
-    files = storage.list_files(_plan_dir(catalog, date), ".json")
-    return [IngestPlan.model_validate_json(storage.read_bytes(f)) for f in files]
+__all__ = [
+    "STATUS_DUPLICATE", "STATUS_NO_FACE", "STATUS_OK", "IngestParams", "IngestPlan", "ObjectRef",
+    "ShardResult", "ShardSpec", "load_plans", "plan_ingest", "process_object", "process_shard",
+    "score_faces", "shard_done", "summarize",
+]
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -147,7 +82,7 @@ def plan_ingest(
     Overlapping runs (two nightly runs started at once on one catalog) are made safe by
     *idempotent commits*, not by a lock: the plan number is fixed before listing (the count
     of plans seen at the start, plus one) and the plan file is created exclusively
-    (:func:`omnifer.storage.create_exclusive`: ``os.link`` locally, ``If-None-Match: *`` on
+    (:func:`omnifer.storage.files.create_exclusive`: ``os.link`` locally, ``If-None-Match: *`` on
     S3). The run that loses the race adopts the winner's plan instead of writing its own, so
     both process the same shards, and a shard's files have fixed names with the same rows:
     whichever run commits last, each object has one row. Why not a lease: a SIGKILLed holder
@@ -155,8 +90,6 @@ def plan_ingest(
     not a Prefect concurrency limit: the library (CLI, notebooks) must be safe without
     Prefect. The price of overlap is repeated work, never repeated rows.
     """
-    from omnifer.sources import list_objects
-
     plans = load_plans(catalog, ingest_date)
     for plan in reversed(plans):
         if any(shard_done(catalog, s) is None for s in plan.shards):
@@ -168,7 +101,7 @@ def plan_ingest(
     objects: list[ObjectRef] = []
     listed = 0
     for index, spec in enumerate(sources):
-        for obj in list_objects(spec):
+        for obj in source_specs.list_objects(spec):
             listed += 1
             if (obj.uri, obj.version) in seen:
                 continue
@@ -178,7 +111,7 @@ def plan_ingest(
     shards = []
     for start in range(0, len(objects), shard_size):
         chunk = objects[start : start + shard_size]
-        shard_id = _digest([fp, [o.model_dump() for o in chunk]])[:20]
+        shard_id = digest([fp, [o.model_dump() for o in chunk]])[:20]
         shards.append(ShardSpec(shard_id=shard_id, ingest_date=ingest_date, objects=chunk))
     plan = IngestPlan(
         plan_id=f"{ingest_date}-{number:03d}",
@@ -189,125 +122,15 @@ def plan_ingest(
     )
     log.info("listed %d objects, %d new, %d shards", listed, len(objects), len(shards))
     if shards:
-        uri = _plan_dir(catalog, ingest_date) + f"/plan-{number:03d}.json"
-        if not storage.create_exclusive(uri, plan.model_dump_json(indent=1).encode()):
+        mine = plan
+        plan = write_plan_exclusive(catalog, plan, number)
+        if plan is not mine:
             # Another run created this plan while we were listing: do its plan, not ours.
-            plan = IngestPlan.model_validate_json(storage.read_bytes(uri))
             log.info("plan %s was created by an overlapping run; adopting it", plan.plan_id)
     return plan
 
 
-# -- warm per-worker resources -----------------------------------------------------------------
-class WorkerResources:
-    """Detectors (one per thread: OpenCV's are not thread-safe) and scorers (one per process).
-
-    Loaded on first use and kept for the life of the worker, so a shard never pays for
-    loading a model.
-    """
-
-    _local = threading.local()
-    _scorers: dict[str, Any] = {}
-    _lock = threading.Lock()
-
-    @classmethod
-    def detector(cls, params: IngestParams) -> Any:
-        from omnifer.faces import create_detector
-
-        key = (params.detector, params.min_det_score, params.max_side)
-        cache = getattr(cls._local, "detectors", None)
-        if cache is None:
-            cache = cls._local.detectors = {}
-        if key not in cache:
-            cache[key] = create_detector(
-                params.detector, score_threshold=params.min_det_score, max_side=params.max_side
-            )
-        return cache[key]
-
-    @classmethod
-    def scorer(cls, params: IngestParams) -> Any:
-        from omnifer.model import load_checkpoint
-        from omnifer.registry import local_checkpoint
-        from omnifer.scoring import Scorer
-
-        # The URI is part of the key: two catalogs (or a re-registered version) may use the
-        # same version name for different weights.
-        key = f"{params.model_uri}:{params.model_version}:{params.score_batch_size}"
-        with cls._lock:
-            if key not in cls._scorers:
-                path = local_checkpoint(params.model_uri, params.model_version)
-                cls._scorers[key] = Scorer(
-                    load_checkpoint(path), batch_size=params.score_batch_size
-                )
-            return cls._scorers[key]
-
-
 # -- processing one shard ----------------------------------------------------------------------
-class _SeenIndex:
-    """Which shard owns each content hash: read from ``images`` once per plan per process.
-
-    Why: reading the whole ``sha256`` column at the start of every shard cost O(catalog) per
-    shard, and the catalog grows every night; and shards of one plan running side by side did
-    not see each other's content until it was committed. Here the column is read once, when
-    the plan's first shard starts in this process, and the shards of the plan then *claim*
-    new content in memory: the first shard to read some bytes keeps them, the others mark
-    them ``duplicate``. As before, a rerun of a shard does not see its own committed rows;
-    ``duplicate`` rows own nothing (so a shard that died after claiming content gets it back
-    on its rerun). Shards of one plan in *other* processes only see each other's commits from
-    before the index was read.
-    """
-
-    _MANY = "\0many"  # content committed by two or more shards: seen by every shard
-    _lock = threading.Lock()
-    _indexes: dict[tuple[str, ...], _SeenIndex] = {}
-
-    def __init__(self, catalog: DataCatalog) -> None:
-        table = catalog.read("images", columns=["sha256", "shard_id"],
-                             filter=ds.field("sha256").is_valid()
-                             & (ds.field("status") != STATUS_DUPLICATE))
-        owners: dict[str, str] = {}
-        for sha, shard in zip(table["sha256"].to_pylist(), table["shard_id"].to_pylist(),
-                              strict=True):
-            prev = owners.setdefault(sha, shard or self._MANY)
-            if prev != shard:
-                owners[sha] = self._MANY
-        self._owners = owners
-        self._claim_lock = threading.Lock()
-
-    @classmethod
-    def for_plan(cls, catalog: DataCatalog, plan: IngestPlan) -> _SeenIndex:
-        # created_at too: a catalog wiped and re-made in one process reuses plan ids
-        key = (catalog.uri("images"), plan.plan_id, plan.created_at.isoformat())
-        with cls._lock:
-            index = cls._indexes.get(key)
-            if index is None:
-                while len(cls._indexes) >= 2:  # a long-lived worker keeps only recent plans
-                    cls._indexes.pop(next(iter(cls._indexes)))
-                index = cls._indexes[key] = cls(catalog)
-            return index
-
-    def claim(self, sha: str, shard_id: str) -> bool:
-        """True when another shard owns ``sha``; else ``shard_id`` owns it from now on."""
-        with self._claim_lock:
-            return self._owners.setdefault(sha, shard_id) != shard_id
-
-
-class _ShardSeen:
-    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims."""
-
-    def __init__(self, index: _SeenIndex, shard_id: str) -> None:
-        self._index, self._shard_id = index, shard_id
-        self._mine: set[str] = set()  # the same bytes twice in one shard: the 2nd is a dup
-
-    def __contains__(self, sha: object) -> bool:
-        if sha in self._mine:
-            return True
-        self._mine.add(str(sha))
-        return self._index.claim(str(sha), self._shard_id)
-
-    def add(self, sha: str) -> None:
-        """Nothing to do: the membership test has claimed ``sha`` already."""
-
-
 def process_shard(
     catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str
 ) -> ShardResult:
@@ -315,8 +138,6 @@ def process_shard(
 
     Already committed → returns the committed result without doing anything.
     """
-    from omnifer.sources import source_from_dict
-
     done = shard_done(catalog, shard)
     if done is not None:
         return done.model_copy(update={"skipped": True})
@@ -324,9 +145,8 @@ def process_shard(
     params = plan.params
     detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan), shard.shard_id)
-    stamp = {"run_id": run_id, "shard_id": shard.shard_id, "code_version": code_version(),
-             "created_at": _now()}
+    seen = ShardSeen(SeenIndex.for_plan(catalog, plan), shard.shard_id)
+    stamp = provenance(run_id, shard.shard_id)
 
     image_rows: list[dict[str, Any]] = []
     face_rows: list[dict[str, Any]] = []
@@ -353,28 +173,24 @@ def process_shard(
         faces=len(face_rows),
         seconds=round(time.monotonic() - started, 3),
     )
-    storage.write_bytes_atomic(_marker_uri(catalog, date, shard.shard_id),
-                               result.model_dump_json().encode())
+    write_marker(catalog, date, result)
     del image_rows, face_rows, crops, score_rows
-    heap.trim()  # a night of shards must not creep up in RSS (see omnifer.heap)
+    heap.trim()  # a night of shards must not creep up in RSS (see omnifer.runtime.heap)
     return result
 
 
 def process_object(
-    obj: ObjectRef, source: Any, params: IngestParams, detector: Any,
-    seen: set[str] | _ShardSeen, stamp: dict[str, Any],
+    obj: ObjectRef, source: Source, params: IngestParams, detector: Any,
+    seen: set[str] | ShardSeen, stamp: dict[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
     """One source object → its ``images`` row, its face rows and their crops (unscored).
 
-    Shared by :func:`process_shard` and ``omnifer.retry`` so that a retried image gets exactly
-    the rows a clean run would have given it. ``seen`` holds content already ingested (a new
-    sha256 is added to it; ``process_shard`` passes a :class:`_ShardSeen`, whose membership
-    test claims the content); ``stamp`` holds the provenance columns every row carries.
+    Shared by :func:`process_shard` and :mod:`omnifer.pipeline.retry` so that a retried image
+    gets exactly the rows a clean run would have given it. ``seen`` holds content already
+    ingested (a new sha256 is added to it; ``process_shard`` passes a :class:`ShardSeen`, whose
+    membership test claims the content); ``stamp`` holds the provenance columns every row
+    carries (:func:`omnifer.catalog.provenance.provenance`).
     """
-    from omnifer.decode import decode_image
-    from omnifer.faces import detect_and_align, face_id
-    from omnifer.sources import FetchError, read_object
-
     det = {"detector": detector.name, "detector_version": detector.version}
     row: dict[str, Any] = {"source_uri": obj.uri, "source_version": obj.version,
                            "n_faces": 0, **det, **stamp}
@@ -469,63 +285,6 @@ def score_faces(
             "error": None,
         })
     return rows
-
-
-# -- selection -----------------------------------------------------------------------------------
-class CuratedResult(BaseModel):
-    curated_version: str
-    candidates: int
-    selected: int
-    per_class: dict[str, int]
-
-
-def curated_version_for(ingest_date: str, policy_json: str, model_version: str) -> str:
-    return f"{ingest_date}.{_digest([policy_json, model_version])[:8]}"
-
-
-def select_curated(
-    catalog: DataCatalog, ingest_date: str, policy: Any, model_version: str, run_id: str
-) -> CuratedResult:
-    """Apply the selection policy to the night's scores and commit the curated set.
-
-    Runs over the whole night (class balance and top-K are per night), after every shard is
-    committed. The file name comes from the curated version, so a rerun replaces, not adds.
-    """
-    from omnifer.selection import select_samples
-
-    flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
-    flt = flt & (ds.field("status") == STATUS_OK)
-    scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
-                                             "flip_agreement", "det_score", "face_size", "margin"],
-                          filter=flt)
-    # A face can only be curated once per night even if identical bytes came twice.
-    if scores.num_rows:
-        _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
-                             return_index=True)
-        scores = scores.take(pa.array(np.sort(first)))
-    policy_json = policy.to_json()
-    version = curated_version_for(ingest_date, policy_json, model_version)
-    selected = select_samples(scores, policy)
-    n = selected.num_rows
-    copies = selected["copies"] if "copies" in selected.column_names else pa.array([1] * n)
-    table = pa.table({
-        "face_id": selected["face_id"],
-        "curated_version": pa.array([version] * n),
-        "label": selected["label"],
-        "confidence": selected["confidence"],
-        "similarity": selected["similarity"],
-        "copies": pc.cast(copies, pa.int16()),
-        "policy": pa.array([policy_json] * n),
-        "model_version": pa.array([model_version] * n),
-        "run_id": pa.array([run_id] * n),
-        "shard_id": pa.array([None] * n, pa.string()),
-        "code_version": pa.array([code_version()] * n),
-        "created_at": pa.array([_now()] * n, pa.timestamp("us", tz="UTC")),
-    })
-    catalog.write("curated", f"part-{version}.parquet", table, ingest_date=ingest_date)
-    per_class = dict(sorted(Counter(table["label"].to_pylist()).items()))
-    return CuratedResult(curated_version=version, candidates=scores.num_rows, selected=n,
-                         per_class=per_class)
 
 
 # -- summary -------------------------------------------------------------------------------------

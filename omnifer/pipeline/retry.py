@@ -6,7 +6,8 @@ rewrite of the shards those rows live in. Why it is safe to run, crash and run a
 * Each affected shard is retried on its own, from the shard's *current* files: the failed set
   is read again every time, the plan supplies the objects and the parameters the shard ran
   with (same detector, same model version), and the per-object work is the very code a clean
-  run uses (:func:`omnifer.ingest.process_object`, :func:`omnifer.ingest.score_faces`).
+  run uses (:func:`omnifer.pipeline.ingest.process_object`,
+  :func:`omnifer.pipeline.ingest.score_faces`).
 * New faces and scores of recovered images go into one new file per retry whose name comes
   from the retried set (``part-<shard>-retry-<hash>.parquet``): a crash before the next step
   leaves the images rows still failed, so the rerun retries the same set and rewrites the same
@@ -32,18 +33,29 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from omnifer import ingest, storage
-from omnifer.catalog import DataCatalog
-from omnifer.errors import ConfigError, DatasetError
-from omnifer.schemas import FACES, IMAGES, SCORES
-from omnifer.version import code_version
+from omnifer import storage
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.catalog.plans import (
+    IngestPlan,
+    ShardResult,
+    ShardSpec,
+    find_shard,
+    shard_done,
+    write_marker,
+)
+from omnifer.catalog.provenance import provenance
+from omnifer.catalog.schemas import FACES, IMAGES, SCORES
+from omnifer.errors import ConfigError, DatasetError, DecodeError
+from omnifer.imaging.decode import decode_image
+from omnifer.pipeline.ingest import process_object, score_faces
+from omnifer.pipeline.workers import STATUS_DUPLICATE, WorkerResources
+from omnifer.sources import source_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +121,12 @@ def _read_file(uri: str, schema: pa.Schema, columns: list[str] | None = None) ->
 
 
 def _find_shard(catalog: DataCatalog, date: str,
-                shard_id: str) -> tuple[ingest.IngestPlan, ingest.ShardSpec]:
-    for plan in ingest.load_plans(catalog, date):
-        for shard in plan.shards:
-            if shard.shard_id == shard_id:
-                return plan, shard
+                shard_id: str) -> tuple[IngestPlan, ShardSpec]:
+    found = find_shard(catalog, date, shard_id)
+    if found is not None:
+        return found
     raise DatasetError(f"shard {shard_id} of {date} is in no plan under "
-                       f"{catalog.aux_uri('_plans')}: cannot tell which objects it holds")
+                       f"{catalog.plans_uri(date)}: cannot tell which objects it holds")
 
 
 def _files_of_shard(catalog: DataCatalog, name: str, date: str, shard_id: str,
@@ -158,11 +169,6 @@ def _existing_faces(catalog: DataCatalog, date: str, face_ids: list[str]) -> set
     return set(table["face_id"].to_pylist())
 
 
-def _stamp(run_id: str, shard_id: str) -> dict[str, Any]:
-    return {"run_id": run_id, "shard_id": shard_id, "code_version": code_version(),
-            "created_at": ingest._now()}
-
-
 def _retry_name(catalog: DataCatalog, date: str, shard_id: str, stage: str,
                 keys: list[str]) -> str:
     """A name fixed by the retried set, so a rerun rewrites the file instead of adding one;
@@ -187,7 +193,7 @@ def _seen_excluding(catalog: DataCatalog, retried: set[tuple[str, str]]) -> set[
         sha for sha, status, shard, uri in zip(
             table["sha256"].to_pylist(), table["status"].to_pylist(),
             table["shard_id"].to_pylist(), table["source_uri"].to_pylist(), strict=True)
-        if status != ingest.STATUS_DUPLICATE and (shard, uri) not in retried
+        if status != STATUS_DUPLICATE and (shard, uri) not in retried
     }
 
 
@@ -214,11 +220,9 @@ def retry_shard(
 
 
 def _retry_images(
-    catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec, stage: str,
+    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, stage: str,
     statuses: tuple[str, ...], run_id: str,
 ) -> ShardRetry:
-    from omnifer.sources import source_from_dict
-
     date, sid = shard.ingest_date, shard.shard_id
     result = ShardRetry(ingest_date=date, shard_id=sid, stage=stage,
                         model_version=plan.params.model_version)
@@ -230,14 +234,14 @@ def _retry_images(
     objects = [o for o in shard.objects if o.uri in failed]
     seen = _seen_excluding(catalog, {(sid, uri) for uri in failed})
     params = plan.params
-    detector = ingest.WorkerResources.detector(params)
+    detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    stamp = _stamp(run_id, sid)
+    stamp = provenance(run_id, sid)
     new_rows: dict[str, dict[str, Any]] = {}
     face_rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     for obj in objects:
-        row, faces, obj_crops = ingest.process_object(obj, sources[obj.source], params,
+        row, faces, obj_crops = process_object(obj, sources[obj.source], params,
                                                       detector, seen, stamp)
         new_rows[obj.uri] = row
         face_rows.extend(faces)
@@ -248,7 +252,7 @@ def _retry_images(
     there = _existing_faces(catalog, date, [f["face_id"] for f in face_rows])
     kept = [i for i, f in enumerate(face_rows) if f["face_id"] not in there]
     face_rows, crops = [face_rows[i] for i in kept], [crops[i] for i in kept]
-    score_rows = ingest.score_faces(params, face_rows, crops, stamp)
+    score_rows = score_faces(params, face_rows, crops, stamp)
 
     if face_rows:  # first the new faces and scores, under a name fixed by the retried set
         name = _retry_name(catalog, date, sid, stage, sorted(failed))
@@ -274,29 +278,26 @@ def _retry_images(
     return result
 
 
-def _update_marker(catalog: DataCatalog, shard: ingest.ShardSpec,
+def _update_marker(catalog: DataCatalog, shard: ShardSpec,
                    rows: list[dict[str, Any]], new_faces: int) -> None:
     """Keep the shard's commit marker's counts true after a retry (the marker stays)."""
-    uri = ingest._marker_uri(catalog, shard.ingest_date, shard.shard_id)
-    old = ingest.shard_done(catalog, shard)
-    marker = ingest.ShardResult(
+    old = shard_done(catalog, shard)
+    marker = ShardResult(
         shard_id=shard.shard_id,
         images=len(rows),
         by_status=dict(Counter(r["status"] for r in rows)),
         faces=(old.faces if old else 0) + new_faces,
         seconds=old.seconds if old else 0.0,
     )
-    storage.write_bytes_atomic(uri, marker.model_dump_json().encode())
+    write_marker(catalog, shard.ingest_date, marker)
 
 
 def _retry_scores(
-    catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec,
+    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec,
     statuses: tuple[str, ...], run_id: str,
 ) -> ShardRetry:
     """Score the failed faces again, from the source image (exactly a clean run's crop) or,
     when the source cannot be read any more, from the stored JPEG crop."""
-    from omnifer.sources import source_from_dict
-
     date, sid = shard.ingest_date, shard.shard_id
     result = ShardRetry(ingest_date=date, shard_id=sid, stage="score",
                         model_version=plan.params.model_version)
@@ -311,16 +312,16 @@ def _retry_scores(
     for face in faces:
         by_uri.setdefault(face["source_uri"], []).append(face)
     params = plan.params
-    detector = ingest.WorkerResources.detector(params)
+    detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    stamp = _stamp(run_id, sid)
+    stamp = provenance(run_id, sid)
     rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     done: set[str] = set()
     for obj in shard.objects:
         if obj.uri not in by_uri:
             continue
-        _, again, obj_crops = ingest.process_object(obj, sources[obj.source], params,
+        _, again, obj_crops = process_object(obj, sources[obj.source], params,
                                                     detector, set(), stamp)
         for face, crop in zip(again, obj_crops, strict=True):
             if face["face_id"] in failed and face["face_id"] not in done:
@@ -329,11 +330,14 @@ def _retry_scores(
                 done.add(face["face_id"])
     for face in faces:  # the source changed or is gone: the stored crop is what we have
         if face["face_id"] not in done:
-            crop = cv2.imdecode(np.frombuffer(face["crop"], np.uint8), cv2.IMREAD_COLOR)
+            try:
+                crop = decode_image(face["crop"]).image
+            except DecodeError:  # scoring then fails for it: the row stays score_failed
+                crop = None
             rows.append(face)
             crops.append(crop)
             done.add(face["face_id"])
-    new = {r["face_id"]: r for r in ingest.score_faces(params, rows, crops, stamp)}
+    new = {r["face_id"]: r for r in score_faces(params, rows, crops, stamp)}
     def replaced(row: dict[str, Any]) -> bool:
         return row["shard_id"] == sid and row["face_id"] in new and row["status"] in statuses
 
@@ -354,7 +358,7 @@ def retry_failed(
     """Retry every shard with failed ``stage`` rows, one after another (no Prefect needed).
 
     Selection is not redone here: the caller re-selects the affected nights
-    (``flows/retry.py`` does, with :func:`omnifer.ingest.select_curated`).
+    (``flows/retry.py`` does, with :func:`omnifer.curation.curated.select_curated`).
     """
     return [retry_shard(catalog, t.ingest_date, t.shard_id, stage, run_id)
             for t in find_failed(catalog, stage, date)]

@@ -8,8 +8,8 @@ opens anywhere — a laptop, a mail attachment, an archive years later — with 
 Everything shown is read back from the committed catalog with DuckDB (the run record only
 says which run, date, model and curated version to look at), so the page shows what the
 datasets hold, not what the flow believed it wrote. This module gathers the facts;
-:mod:`omnifer.report_render` draws them (matplotlib, Agg, PNGs) into the page. A demo night
-(~2 500 faces) renders in a few seconds.
+:mod:`omnifer.report.charts` draws them (matplotlib, Agg, PNGs) and :mod:`omnifer.report.render`
+puts them into the page. A demo night (~2 500 faces) renders in a few seconds.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
-from omnifer import runs, storage
-from omnifer.catalog import DataCatalog
+from omnifer import storage
+from omnifer.catalog import runs
+from omnifer.catalog.catalog import DataCatalog
+from omnifer.config import load_settings
+from omnifer.curation.selection import SelectionPolicy, policy_from_settings
+from omnifer.distill.result import DistilledSet, save_grids
 from omnifer.errors import DatasetError
-from omnifer.labels import CLASSES_WITH_CONTEMPT
+from omnifer.labels import ordered_classes
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +71,7 @@ def find_run(catalog: DataCatalog, run_id: str | None = None,
 
 def report_uri(catalog: DataCatalog, run: dict[str, Any]) -> str:
     """Where a run's report lives beside the catalog."""
-    return catalog.aux_uri("_reports", f"ingest_date={run['ingest_date']}",
-                           f"{run['run_id']}.html")
+    return catalog.report_uri(run["ingest_date"], run["run_id"])
 
 
 # ------------------------------------------------------------------------------ facts
@@ -94,12 +98,6 @@ class ReportFacts:
     models: list[dict[str, Any]]
     confusions: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
-
-
-def _ordered(names: set[str] | list[str]) -> list[str]:
-    names = {str(n) for n in names if n is not None}
-    canon = [c for c in CLASSES_WITH_CONTEMPT if c in names]
-    return canon + sorted(names - set(canon))
 
 
 def _find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str] | None] | None:
@@ -190,16 +188,12 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
                            "AND ingest_date = ? GROUP BY label", curated_version, date))
 
     # The selection policy this run applied (recorded with every curated row).
-    from omnifer.selection import SelectionPolicy
-
     raw = q("SELECT any_value(policy) FROM curated WHERE curated_version = ?", curated_version)
     if raw and raw[0][0]:
         policy = SelectionPolicy.model_validate_json(raw[0][0])
         policy_source = f"recorded with curated {curated_version}"
     else:
-        from omnifer.config import load_settings
-
-        policy = load_settings().selection_policy()
+        policy = policy_from_settings(load_settings())
         policy_source = "current settings (no curated row recorded one for this run)"
 
     score_rows = q(
@@ -210,9 +204,9 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
     models = _models(con)
     model_entry = next((m for m in models if m["version"] == model_version), None)
     labels = {r[0] for r in score_rows} | {lab for h in history.values() for lab in h}
-    classes = _ordered(model_entry["classes"] if model_entry and model_entry["classes"]
+    classes = ordered_classes(model_entry["classes"] if model_entry and model_entry["classes"]
                        else labels)
-    classes += [c for c in _ordered(labels) if c not in classes]
+    classes += [c for c in ordered_classes(labels) if c not in classes]
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c in classes:
         rows = [r for r in score_rows if r[0] == c]
@@ -277,49 +271,18 @@ def _distilled(catalog: DataCatalog, con: Any, summary: dict[str, Any],
         return {"version": None, "latest": rows[0][0] if rows else None}
     _, curated, method, n, _ = by_version[version]
     grids: list[tuple[str, bytes]] = []
-    grid_dir = catalog.aux_uri("_distilled_grids", version)
+    grid_dir = catalog.distilled_grids_uri(version)
     for uri in storage.list_files(grid_dir, ".png"):
         grids.append((uri.rsplit("/", 1)[-1].removesuffix(".png"), storage.read_bytes(uri)))
     if not grids:  # grids not kept: draw them from the tensors
-        from omnifer.distill import DistilledSet, save_grids
-
         table = catalog.read("distilled")
-        import pyarrow.compute as pc
-
         table = table.filter(pc.equal(table["distilled_version"], version))
         result = DistilledSet.from_arrow(table)
         scale = max(1, 64 // max(1, int(result.images.shape[-1])))
         with tempfile.TemporaryDirectory(prefix="omnifer-report-") as tmp:
             for path in save_grids(result, tmp, scale=scale):
                 grids.append((path.stem, path.read_bytes()))
-    order = _ordered([g[0] for g in grids])
+    order = ordered_classes([g[0] for g in grids])
     grids.sort(key=lambda g: order.index(g[0]))
     return {"version": version, "curated": curated, "method": method, "images": int(n),
             "grids": grids}
-
-
-# ------------------------------------------------------------------------------ entry point
-def build_report(catalog: DataCatalog, run_id: str | None = None, date: str | None = None,
-                 out: str | Path | None = None) -> str:
-    """Write one run's self-contained HTML report; returns where it went (path or s3:// URI).
-
-    The run is ``run_id`` (a unique prefix will do), else the latest nightly run of ``date``,
-    else the latest nightly run. The file goes beside the catalog
-    (``_reports/ingest_date=D/<run_id>.html``) unless ``out`` names another place.
-    """
-    started = time.monotonic()
-    run = find_run(catalog, run_id, date)
-    if run.get("flow") not in (None, NIGHTLY_FLOW):
-        raise DatasetError(f"run {run['run_id']} is a {run.get('flow')!r} run; reports cover "
-                           f"{NIGHTLY_FLOW} runs")
-    from omnifer.report_render import render_charts, render_html
-
-    facts = collect(catalog, run)
-    page = render_html(facts, render_charts(facts))
-    uri = str(out) if out is not None else report_uri(catalog, run)
-    storage.write_bytes_atomic(uri, page.encode())
-    if not uri.startswith("s3://"):
-        uri = str(Path(uri.removeprefix("file://")).resolve())
-    log.info("report for run %s (%s) written to %s in %.1fs (%d kB)", run["run_id"],
-             run["ingest_date"], uri, time.monotonic() - started, len(page) // 1024)
-    return uri

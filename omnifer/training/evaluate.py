@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from omnifer.datasets import LabeledData
+from omnifer.curation.scoring import Scorer
 from omnifer.errors import DatasetError
-from omnifer.model import LoadedModel
+from omnifer.labeled.base import LabeledData
+from omnifer.models.checkpoints import LoadedModel
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -62,8 +63,6 @@ def evaluate_model(loaded: LoadedModel, data: LabeledData, batch_size: int = 256
     of the classes works). Returns accuracy, mean_class_accuracy, per_class_accuracy,
     support, confusion (rows true, columns predicted, model class order), classes, n.
     """
-    from omnifer.scoring import Scorer
-
     data = data.remapped(loaded.classes)
     scores = Scorer(loaded, batch_size=batch_size, device=device).score(data.images)
     return classification_metrics(data.hard_labels(), scores.label, loaded.classes)

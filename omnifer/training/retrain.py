@@ -21,24 +21,32 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import torch
 from pydantic import BaseModel, ValidationError
 
-from omnifer import curated, registry
-from omnifer.catalog import DataCatalog
+from omnifer.catalog.catalog import DataCatalog
 from omnifer.config import LabeledSpec, RetrainSettings
-from omnifer.datasets import LabeledData, read_dataset
-from omnifer.distill import DistilledSet, denormalize
-from omnifer.errors import ConfigError, DatasetError
-from omnifer.evaluate import evaluate_model
-from omnifer.model import LoadedModel, load_checkpoint
-from omnifer.modelfiles import omnifer_home
-from omnifer.train import TrainConfig, train_model
+from omnifer.curation import curated
+from omnifer.curation.scoring import Scorer
+from omnifer.devices import resolve_device
+from omnifer.distill.result import DistilledSet
+from omnifer.distill.stage import latest_distilled_version
+from omnifer.errors import ConfigError, DatasetError, config_error
+from omnifer.imaging.tensors import denormalize
+from omnifer.labeled.base import LabeledData
+from omnifer.labeled.formats import read_dataset
+from omnifer.models import versions as model_versions
+from omnifer.models.checkpoints import LoadedModel, load_checkpoint
+from omnifer.models.modelfiles import omnifer_home
+from omnifer.training.config import TrainConfig
+from omnifer.training.evaluate import evaluate_model
+from omnifer.training.train import train_model
 
 log = logging.getLogger(__name__)
 
 
-class RetrainOutcome(BaseModel):
+class RetrainResult(BaseModel):
+    """What retraining did: the new version, its verdict and both test figures."""
+
     model_version: str
     parent_version: str
     recipe: str
@@ -64,9 +72,7 @@ def train_config(overrides: dict[str, Any] | None = None, **more: Any) -> TrainC
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"invalid retrain.train settings: {err['msg']} "
-                          f"({'.'.join(map(str, err['loc']))})") from None
+        raise config_error("retrain.train settings", exc) from None
 
 
 def read_labeled(spec: LabeledSpec, size: int) -> tuple[LabeledData, LabeledData]:
@@ -117,8 +123,6 @@ def with_teacher_targets(data: LabeledData, teacher: LoadedModel, weight: float,
     distilled from +1.7 into +4.2 points over labeled only (10 seeds, better on 8 of them;
     ``benchmarks/retrain_distill.py``).
     """
-    from omnifer.scoring import Scorer
-
     if not 0 <= weight <= 1:
         raise ConfigError(f"teacher weight must be within [0, 1], not {weight}")
     data = data.remapped(teacher.classes)
@@ -145,19 +149,17 @@ def retrain(
     run_id: str | None = None,
     work_dir: Path | str | None = None,
     version: str | None = None,
-) -> RetrainOutcome:
+) -> RetrainResult:
     """Train a new version on labeled + mined data, register it, promote it if it is better."""
-    from omnifer.distill_stage import latest_distilled_version
-
     recipe = recipe or settings.recipe
     if recipe not in ("curated", "distilled", "all"):
         raise ConfigError(f"recipe must be curated, distilled or all, not {recipe!r}")
     cfg = train_config(settings.train)
-    parent, parent_uri = registry.primitive_model(catalog)
+    parent, parent_uri = model_versions.primitive_model(catalog)
     labeled, test = read_labeled(settings.labeled, cfg.input_size)
 
-    device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    parent_model = load_checkpoint(registry.local_checkpoint(parent_uri, parent))
+    device = str(resolve_device(cfg.device))
+    parent_model = load_checkpoint(model_versions.local_checkpoint(parent_uri, parent))
 
     extra: list[LabeledData] = []
     used_curated: list[str] = []
@@ -208,18 +210,19 @@ def retrain(
     }
     metrics = {**new_metrics, "train_seconds": seconds,
                "train_images": len(labeled) + sum(len(e) for e in extra)}
-    uri = registry.register_model(catalog, ckpt, version, parent=parent, train_datasets=lineage,
-                                  metrics=metrics, run_id=run_id)
+    uri = model_versions.register_version(catalog, ckpt, version, parent=parent,
+                                          train_datasets=lineage, metrics=metrics,
+                                          run_id=run_id)
     gain = new_metrics["accuracy"] - parent_metrics["accuracy"]
     promoted = gain > settings.min_gain
     verdict = {"accuracy": new_metrics["accuracy"], "parent_version": parent,
                "parent_accuracy": parent_metrics["accuracy"], "gain": gain,
                "min_gain": settings.min_gain, "test": lineage["test"]}
-    registry.record_event(catalog, version, "promoted" if promoted else "rejected", verdict,
-                          run_id=run_id)
+    model_versions.record_event(catalog, version, "promoted" if promoted else "rejected",
+                                verdict, run_id=run_id)
     log.info("%s: test accuracy %.4f vs %s %.4f → %s", version, new_metrics["accuracy"], parent,
              parent_metrics["accuracy"], "promoted" if promoted else "rejected")
-    return RetrainOutcome(
+    return RetrainResult(
         model_version=version, parent_version=parent, recipe=recipe, promoted=promoted,
         accuracy=new_metrics["accuracy"], parent_accuracy=parent_metrics["accuracy"],
         train_images=metrics["train_images"], train_seconds=float(seconds),

@@ -1,5 +1,8 @@
 """Train the primitive model (or retrain it on labeled + curated data).
 
+Settings: :class:`omnifer.training.config.TrainConfig`; augmentation:
+:mod:`omnifer.training.augment`.
+
 :func:`train_model` is the one entry point (CLI, Prefect task and notebooks call it):
 
 * augmentation in torch, on the training device: random resized crop + small rotation +
@@ -29,73 +32,33 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
-from omnifer.datasets import LabeledData
-from omnifer.errors import ConfigError, DatasetError
-from omnifer.model import (
+from omnifer.curation.scoring import forward_tta
+from omnifer.devices import resolve_device
+from omnifer.errors import DatasetError
+from omnifer.imaging.tensors import normalize, to_tensor
+from omnifer.labeled.base import LabeledData
+from omnifer.models.checkpoints import (
     DatasetRef,
     ModelCard,
-    count_parameters,
-    create_model,
-    normalize,
     read_card,
     save_checkpoint,
-    to_tensor,
     write_file_atomic,
 )
-from omnifer.progress import track
-from omnifer.scoring import forward_tta
+from omnifer.models.registry import count_parameters, create_model
+from omnifer.runtime.progress import track
+from omnifer.training.augment import augment
+from omnifer.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "train_state"
-
-
-class TrainConfig(BaseModel):
-    """Training settings; written into the card (``config``) with every checkpoint.
-
-    Defaults were picked on the demo world (40/class, seed 1): lr 1e-3 with mild augmentation
-    reached 0.39 test accuracy where lr 3e-3 with crop 0.7 / rotation 10 / jitter 0.3 did not
-    leave chance on some seeds.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: str = "fercnn_small"
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
-    input_size: int = Field(64, ge=8)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=2)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    balanced_sampling: bool = False
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    patience: int = Field(10, ge=0)  # epochs without val improvement; 0 = never stop early
-    # augmentation
-    hflip: bool = True
-    crop_scale: tuple[float, float] = (0.85, 1.0)  # area fraction of the random resized crop
-    max_rotation: float = Field(5.0, ge=0)  # degrees
-    color_jitter: float = Field(0.1, ge=0, lt=1)  # ± brightness / contrast / saturation
-    # reproducibility and resources
-    seed: int = 0
-    threads: int | None = 2  # torch CPU threads while training (None: leave as is)
-    deterministic: bool = True
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    resume: bool = True
-
-    def fingerprint_fields(self) -> dict[str, Any]:
-        """What changes the result (not where or how fast it runs)."""
-        return self.model_dump(mode="json", exclude={"threads", "device", "resume"})
 
 
 # -- data helpers --------------------------------------------------------------------------------
@@ -124,45 +87,6 @@ def _concat(parts: Sequence[LabeledData], classes: Sequence[str], size: int) -> 
     return np.concatenate(images), np.concatenate(targets)
 
 
-# -- augmentation --------------------------------------------------------------------------------
-def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """(B, 3, S, S) float in [0, 1] → augmented, same shape; randomness from ``gen`` (CPU)."""
-    b = x.shape[0]
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(b, generator=gen) * (hi - lo) + lo
-
-    area = uniform(*cfg.crop_scale)
-    log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
-    ratio = log_ratio.exp()
-    w = (area * ratio).sqrt().clamp(max=1.0)
-    h = (area / ratio).sqrt().clamp(max=1.0)
-    tx = (uniform(-1, 1)) * (1 - w)
-    ty = (uniform(-1, 1)) * (1 - h)
-    angle = uniform(-cfg.max_rotation, cfg.max_rotation) * (math.pi / 180)
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if cfg.hflip \
-        else torch.ones(b)
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([
-        torch.stack([w * cos * flip, -h * sin, tx], dim=1),
-        torch.stack([w * sin * flip, h * cos, ty], dim=1),
-    ], dim=1).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    j = cfg.color_jitter
-    if j > 0:
-        bright, contrast, sat = (uniform(1 - j, 1 + j).to(x.device).view(b, 1, 1, 1)
-                                 for _ in range(3))
-        x = x * bright
-        gray = (0.114 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.299 * x[:, 2:3])  # BGR weights
-        mean = gray.mean(dim=(2, 3), keepdim=True)
-        x = (x - mean) * contrast + mean
-        gray = (0.114 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.299 * x[:, 2:3])
-        x = (x - gray) * sat + gray
-        x = x.clamp(0.0, 1.0)
-    return x
-
-
 # -- state on disk -------------------------------------------------------------------------------
 def _state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -182,15 +106,6 @@ def _torch_settings(cfg: TrainConfig) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -295,7 +210,7 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
            extra: list[LabeledData], classes: tuple[str, ...], fingerprint: str,
            state: dict[str, Any]) -> ModelCard:
     started = time.monotonic()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     size = cfg.input_size
     labeled = train.resized(size)
     if val is None and cfg.val_fraction > 0:
@@ -458,19 +373,3 @@ def _run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.
     return float(np.mean(losses)) if losses else math.nan
 
 
-def load_train_config(path: Path | str | None = None, **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from an optional YAML file, then keyword overrides (not None)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read train config {path}: {exc}") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**raw)
-    except ValidationError as exc:
-        first = str(exc).splitlines()[:3]
-        raise ConfigError(f"invalid train config: {' '.join(first)}") from None
