@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np

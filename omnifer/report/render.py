@@ -8,6 +8,7 @@ and loads nothing: every image is inline, so it opens anywhere, offline.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import json
@@ -138,7 +139,8 @@ def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
                        ("decoded_images", "images decoded"),
                        ("det_score_median", "median detector score"),
                        ("face_size_median", "median face size (px)")):
-        w(f"<tr><td>{label}</td><td class=n data-k='faces:{key}'>{_e(format_value(f[key]))}</td></tr>")
+        value = _e(format_value(f[key]))
+        w(f"<tr><td>{label}</td><td class=n data-k='faces:{key}'>{value}</td></tr>")
     w("</table><table><tr><th>faces in an image</th><th class=n>images</th></tr>")
     for k, n in facts.faces_per_image:
         w(f"<tr><td>{_e(k)}</td><td class=n>{n:,}</td></tr>")
