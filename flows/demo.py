@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
-from omnifer import registry
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
-
-log = logging.getLogger("omnifer.demo")
+from omnifer.models import versions
 
 EXAMPLE_QUERIES = {
     "Curated faces per class per night": (
@@ -42,8 +39,7 @@ EXAMPLE_QUERIES = {
 
 
 def _step(title: str) -> float:
-    log.info("== %s", title)
-    print(f"\n== {title}", flush=True)
+    print(f"\n== {title}", flush=True)  # printed, not logged: one line per step
     return time.monotonic()
 
 
@@ -57,12 +53,13 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo; returns the figures it printed (used by the end-to-end test)."""
     from flows.ingest import nightly_ingest
-    from omnifer.datasets import read_rafdb
-    from omnifer.evaluate import evaluate_model
-    from omnifer.model import load_checkpoint
-    from omnifer.synth import generate_world
-    from omnifer.train import TrainConfig, train_model
-    from omnifer.truth import label_precision, load_truth, match_faces
+    from omnifer.demo.truth import label_precision, load_truth, match_faces
+    from omnifer.demo.world import generate_world
+    from omnifer.labeled import read_rafdb
+    from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.training.config import TrainConfig
+    from omnifer.training.evaluate import evaluate_model
+    from omnifer.training.train import train_model
 
     out = Path(out).resolve()
     settings = load_settings()
@@ -96,13 +93,13 @@ def run_demo(
           f"(mean per-class {metrics['mean_class_accuracy']:.3f}) on {len(test.names)} faces")
 
     _step("3/5 register and promote the primitive model")
-    if registry.history(catalog, "v1") is None:
+    if versions.history(catalog, "v1") is None:
         scalar = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         # The full evaluation (confusion matrix included: the run report draws it).
-        registry.register_model(catalog, ckpt, "v1", metrics=metrics,
-                                train_datasets={"demo-labeled": f"seed{seed}"})
-        registry.record_event(catalog, "v1", "promoted", scalar)
-    version, uri = registry.primitive_model(catalog)
+        versions.register_version(catalog, ckpt, "v1", metrics=metrics,
+                                  train_datasets={"demo-labeled": f"seed{seed}"})
+        versions.record_event(catalog, "v1", "promoted", scalar)
+    version, uri = versions.primitive_model(catalog)
     print(f"   primitive model {version} at {uri}")
 
     t = _step("4/5 nightly flow (Prefect, temporary local server): ingest, select, "

@@ -13,10 +13,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.retrain import _run_id, retrain_flow
-from omnifer import distill_stage, runs
+from flows.common import flow_run_id
+from flows.retrain import retrain_flow
 from omnifer.catalog import DataCatalog
+from omnifer.catalog.runs import recorded_run
 from omnifer.config import load_settings
+from omnifer.distill.config import make_config
+from omnifer.distill.stage import DistillResult
 from tasks.retrain import distill_task
 
 
@@ -38,18 +41,24 @@ def distill_flow(
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
     rs = settings.retrain_settings(retrain)
-    config = distill_stage.make_config(rs.distill, method=method, ipc=ipc,
-                                       iterations=iterations)
-    run_id = _run_id("distill")
-    record = runs.start(catalog, run_id, "distill", dt.datetime.now(dt.UTC).date().isoformat(),
-                        {"curated_versions": curated_versions, "config": config.model_dump()})
-    try:
+    config = make_config(rs.distill, method=method, ipc=ipc, iterations=iterations)
+    run_id = flow_run_id("distill")
+    with recorded_run(catalog, run_id, "distill", dt.datetime.now(dt.UTC).date().isoformat(),
+                      {"curated_versions": curated_versions,
+                       "config": config.model_dump()}) as run:
         outcome = distill_task(catalog, config, curated_versions, None, run_id)
-    except Exception as exc:
-        runs.finish(catalog, record, "failed", {"error": str(exc)})
-        raise
-    result: dict[str, Any] = {"distill": outcome.model_dump()}
-    runs.stage(catalog, record, "distill", "completed", outcome.model_dump())
+        result: dict[str, Any] = {"distill": outcome.model_dump()}
+        run.stage("distill", "completed", outcome.model_dump())
+        _artifact(outcome)
+        if then_retrain:
+            result["retrain"] = trigger_retrain(rs.deployment_retrain,
+                                                outcome.distilled_version, retrain)
+            logger.info("retrain: %s", result["retrain"])
+        run.finish("completed", result)
+    return result
+
+
+def _artifact(outcome: DistillResult) -> None:
     create_markdown_artifact(
         key="distilled",
         markdown=(f"# Distilled {outcome.distilled_version}\n\n"
@@ -59,12 +68,6 @@ def distill_flow(
                   f"{outcome.grids_uri}"),
         description="omnifer distillation",
     )
-    if then_retrain:
-        result["retrain"] = trigger_retrain(rs.deployment_retrain, outcome.distilled_version,
-                                            retrain)
-        logger.info("retrain: %s", result["retrain"])
-    runs.finish(catalog, record, "completed", result)
-    return result
 
 
 def trigger_retrain(deployment: str | None, distilled_version: str,

@@ -1,7 +1,7 @@
 """The nightly ingest flow: plan → shards in parallel → select → summary.
 
-Shards run through a thread pool with at most ``workers`` in flight; each worker keeps its
-detector and model warm (``omnifer.ingest.WorkerResources``). A failed shard does not stop the
+Shards run through a thread pool with at most ``workers`` in flight; each worker keeps its detector
+and model warm (``omnifer.pipeline.workers.WorkerResources``). A failed shard does not stop the
 others: the flow selects from what committed, writes its summary, then fails so that a rerun
 (``omnifer rerun``, Prefect's retry, or the next night) does only the missing shards.
 """
@@ -17,18 +17,22 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
-from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.common import flow_run_id
 from flows.distill import distill_flow
 from flows.retrain import retrain_flow
-from omnifer import heap, ingest, runs
 from omnifer.catalog import DataCatalog
-from omnifer.config import RetrainSettings, load_settings
+from omnifer.catalog.runs import RunRecord, recorded_run
+from omnifer.config import RetrainSettings, Settings, load_settings
+from omnifer.curation.curated import undistilled_rows
+from omnifer.curation.selection import policy_from_settings
 from omnifer.errors import OmniferError
-from omnifer.progress import Meter
-from omnifer.registry import primitive_model
-from omnifer.sources import parse_source
+from omnifer.models.versions import primitive_model
+from omnifer.pipeline import ingest
+from omnifer.runtime import heap
+from omnifer.runtime.progress import Meter
+from omnifer.sources import Source, parse_source
 from tasks.ingest import compact_task, plan_task, select_task, shard_task, summarize_task
 from tasks.report import report_task
 
@@ -54,7 +58,7 @@ def _configure_threads(workers: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    heap.limit_arenas(max(2, workers))  # before the shard threads start: see omnifer.heap
+    heap.limit_arenas(max(2, workers))  # before the shard threads start: omnifer.runtime.heap
 
 
 @flow(name="nightly-ingest", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
@@ -69,11 +73,10 @@ def nightly_ingest(
 
     ``retrain``: overrides of the ``retrain`` settings for this run (e.g. ``{"enabled": true}``).
     """
-    logger = get_run_logger()
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
     ingest_date = date or dt.datetime.now(dt.UTC).date().isoformat()
-    run_id = str(flow_run.get_id() or f"local-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
+    run_id = flow_run_id("local")
     specs = [parse_source(s) for s in (sources or settings.sources)]
     if not specs:
         raise OmniferError("no sources: pass sources=[...] or set 'sources' in omnifer.yaml")
@@ -85,9 +88,22 @@ def nightly_ingest(
         model_version=model_version,
         model_uri=model_uri,
     )
-    record = runs.start(catalog, run_id, "nightly-ingest", ingest_date,
-                        {"sources": [str(s) for s in (sources or settings.sources)]})
-    plan = plan_task(catalog, specs, ingest_date, params, shard_size or settings.ingest.shard_size)
+    parameters = {"sources": [str(s) for s in (sources or settings.sources)]}
+    with recorded_run(catalog, run_id, "nightly-ingest", ingest_date, parameters) as run:
+        summary = _night(run, settings, catalog, specs, ingest_date, params, workers,
+                         shard_size or settings.ingest.shard_size, retrain)
+    return summary
+
+
+def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list[Source],
+           ingest_date: str, params: ingest.IngestParams, workers: int, shard_size: int,
+           retrain: dict[str, Any] | None) -> dict[str, Any]:
+    """The nightly flow's stages, recorded in ``run``; raises after recording when a shard or
+    the retraining failed."""
+    logger = get_run_logger()
+    run_id = run.run_id
+    model_version = params.model_version
+    plan = plan_task(catalog, specs, ingest_date, params, shard_size)
     logger.info("plan %s: %d objects in %d shards", plan.plan_id, plan.n_objects,
                 len(plan.shards))
 
@@ -115,21 +131,21 @@ def nightly_ingest(
     counts = {"shards": len(plan.shards), "done": len(results),
               "skipped": sum(r.skipped for r in results), "failed": len(failed),
               "failed_ids": failed, "ran_ids": [r.shard_id for r in results if not r.skipped]}
-    runs.stage(catalog, record, "shards", "failed" if failed else "completed", counts)
+    run.stage("shards", "failed" if failed else "completed", counts)
     if not failed and settings.ingest.compact:
         # One file per night and dataset, before anything reads the night back.
         try:
             compacted = compact_task(catalog, ingest_date, run_id)
-            runs.stage(catalog, record, "compact", "completed", compacted)
+            run.stage("compact", "completed", compacted)
         except Exception as exc:  # the shards are committed: queries are slower, not wrong
             logger.error("compaction of %s failed (the night's rows are intact; `omnifer "
                          "catalog compact --date %s` tries again): %s", ingest_date,
                          ingest_date, exc)
-            runs.stage(catalog, record, "compact", "failed", {"error": str(exc)})
+            run.stage("compact", "failed", {"error": str(exc)})
 
-    policy = settings.selection_policy()
+    policy = policy_from_settings(settings)
     curated = select_task(catalog, ingest_date, policy, model_version, run_id)
-    runs.stage(catalog, record, "select", "completed", curated.model_dump())
+    run.stage("select", "completed", curated.model_dump())
     summary = summarize_task(catalog, ingest_date)
     summary.update(run_id=run_id, plan_id=plan.plan_id, model_version=model_version,
                    curated_version=curated.curated_version, failed_shards=failed)
@@ -138,12 +154,13 @@ def nightly_ingest(
         trigger = trigger_retraining(catalog, settings.retrain_settings(retrain), retrain)
         summary["retraining"] = trigger
         retrain_error = trigger.get("error")
-        runs.stage(catalog, record, "retrain-trigger", "failed" if retrain_error else
-                   ("triggered" if trigger.get("triggered") else "skipped"), trigger)
-    runs.finish(catalog, record, "failed" if failed or retrain_error else "completed", summary)
+        state = ("failed" if retrain_error else
+                 "triggered" if trigger.get("triggered") else "skipped")
+        run.stage("retrain-trigger", state, trigger)
+    run.finish("failed" if failed or retrain_error else "completed", summary)
     try:  # the night's data is committed: a report that fails must not fail the night
         summary["report"] = report_task(catalog, run_id)
-        runs.stage(catalog, record, "report", "completed", {"uri": summary["report"]})
+        run.stage("report", "completed", {"uri": summary["report"]})
     except Exception as exc:
         logger.error("run report failed: %s", exc)
     create_markdown_artifact(key="nightly-summary", markdown=summary_markdown(summary),
@@ -164,8 +181,6 @@ def trigger_retraining(catalog: DataCatalog, rs: RetrainSettings,
     With deployments configured the runs go to the ``gpu`` pool (``run_deployment``, not
     awaited: a CPU worker must not wait on GPU work); otherwise they run here as subflows.
     """
-    from omnifer.curated import undistilled_rows
-
     new_rows = undistilled_rows(catalog)
     info: dict[str, Any] = {"enabled": rs.enabled, "new_curated": new_rows,
                             "min_new_curated": rs.min_new_curated, "triggered": False}

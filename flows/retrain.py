@@ -12,16 +12,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
-from omnifer import runs
+from flows.common import flow_run_id
 from omnifer.catalog import DataCatalog
+from omnifer.catalog.runs import recorded_run
 from omnifer.config import load_settings
 from tasks.retrain import retrain_task
-
-
-def _run_id(prefix: str) -> str:
-    return str(flow_run.get_id() or f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
 
 
 @flow(name="retrain", log_prints=True)
@@ -43,19 +39,20 @@ def retrain_flow(
                                             if v is not None})
     train = {**rs.train, **({"epochs": epochs} if epochs else {})}
     rs = rs.model_copy(update={"labeled": labeled, "train": train})
-    run_id = _run_id("retrain")
-    record = runs.start(catalog, run_id, "retrain", dt.datetime.now(dt.UTC).date().isoformat(),
-                        {"recipe": recipe or rs.recipe, "distilled_version": distilled_version,
-                         "curated_versions": curated_versions})
-    try:
-        outcome = retrain_task(catalog, rs, recipe, curated_versions, distilled_version, run_id)
-    except Exception as exc:
-        runs.stage(catalog, record, "retrain", "failed", {"error": str(exc)})
-        runs.finish(catalog, record, "failed", {"error": str(exc)})
-        raise
-    result = outcome.model_dump()
-    runs.stage(catalog, record, "retrain", "completed", result)
-    runs.finish(catalog, record, "completed", result)
+    run_id = flow_run_id("retrain")
+    parameters = {"recipe": recipe or rs.recipe, "distilled_version": distilled_version,
+                  "curated_versions": curated_versions}
+    with recorded_run(catalog, run_id, "retrain", dt.datetime.now(dt.UTC).date().isoformat(),
+                      parameters) as run:
+        try:
+            outcome = retrain_task(catalog, rs, recipe, curated_versions, distilled_version,
+                                   run_id)
+        except Exception as exc:
+            run.stage("retrain", "failed", {"error": str(exc)})
+            raise
+        result = outcome.model_dump()
+        run.stage("retrain", "completed", result)
+        run.finish("completed", result)
     verdict = "promoted" if outcome.promoted else "rejected"
     create_markdown_artifact(
         key="retrain-verdict",

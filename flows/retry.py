@@ -1,24 +1,25 @@
 """Retry what failed: reprocess the rows whose status says a stage failed, then re-select.
 
 ``omnifer retry-failed --stage detect`` runs this flow. Each affected shard is one task
-(``omnifer.retry.retry_shard``: idempotent, safe to crash and rerun); nights whose shards got
-new scores are selected again, which replaces their curated file (its name comes from the
+(``omnifer.pipeline.retry.retry_shard``: idempotent, safe to crash and rerun); nights whose shards
+got new scores are selected again, which replaces their curated file (its name comes from the
 curated version, so nothing is added twice), and the retried nights are compacted again.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from omnifer import retry, runs
+from flows.common import flow_run_id
 from omnifer.catalog import DataCatalog
-from omnifer.config import load_settings
+from omnifer.catalog.runs import RunRecord, recorded_run
+from omnifer.config import Settings, load_settings
+from omnifer.curation.selection import policy_from_settings
 from omnifer.errors import OmniferError
+from omnifer.pipeline import retry
 from tasks.ingest import compact_task, select_task
 from tasks.retry import find_failed_task, retry_shard_task
 
@@ -26,12 +27,20 @@ from tasks.retry import find_failed_task, retry_shard_task
 @flow(name="retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> dict[str, Any]:
     """Retry the shards with failed ``stage`` rows (``date``: one night; default all)."""
-    logger = get_run_logger()
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
-    run_id = str(flow_run.get_id() or f"local-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
-    record = runs.start(catalog, run_id, "retry-failed", date or "all",
-                        {"stage": stage, "date": date})
+    run_id = flow_run_id("local")
+    with recorded_run(catalog, run_id, "retry-failed", date or "all",
+                      {"stage": stage, "date": date}) as run:
+        return _retry(run, settings, catalog, stage, date, workers)
+
+
+def _retry(run: RunRecord, settings: Settings, catalog: DataCatalog, stage: str,
+           date: str | None, workers: int) -> dict[str, Any]:
+    """The retry flow's stages, recorded in ``run``; raises after recording when a shard
+    failed again."""
+    logger = get_run_logger()
+    run_id = run.run_id
     targets = find_failed_task(catalog, stage, date)
     logger.info("%d shard(s) with failed %s rows", len(targets), stage)
 
@@ -52,17 +61,17 @@ def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> 
               "recovered": sum(r.recovered for r in results),
               "still_failed": sum(r.still_failed for r in results),
               "new_faces": sum(r.new_faces for r in results)}
-    runs.stage(catalog, record, "retry", "failed" if failed else "completed", counts)
+    run.stage("retry", "failed" if failed else "completed", counts)
 
     # Re-select every night that got new scores, with the model its shards were scored by.
-    policy = settings.selection_policy()
+    policy = policy_from_settings(settings)
     nights = sorted({(r.ingest_date, r.model_version) for r in results
                      if r.new_scores and r.model_version})
     curated = {}
     for night, model_version in nights:
         res = select_task(catalog, night, policy, model_version, run_id)
         curated[night] = res.model_dump()
-    runs.stage(catalog, record, "select", "completed", {"nights": curated})
+    run.stage("select", "completed", {"nights": curated})
     if settings.ingest.compact:  # retry files join their night's compacted file
         touched = sorted({r.ingest_date for r in results if r.retried})
         compacted: dict[str, Any] = {}
@@ -74,13 +83,13 @@ def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> 
                              "tries again): %s", night, night, exc)
                 compacted[night] = {"error": str(exc)}
         ok = all("error" not in v for v in compacted.values())
-        runs.stage(catalog, record, "compact", "completed" if ok else "failed",
+        run.stage("compact", "completed" if ok else "failed",
                    {"nights": compacted})
     summary = {"run_id": run_id, "stage": stage, **counts,
                "selected": {k: v["selected"] for k, v in curated.items()},
                "shards_detail": [r.model_dump() for r in results]}
-    runs.finish(catalog, record, "failed" if failed else "completed",
-                {k: v for k, v in summary.items() if k != "shards_detail"})
+    run.finish("failed" if failed else "completed",
+               {k: v for k, v in summary.items() if k != "shards_detail"})
     if failed:
         raise OmniferError(f"retry failed for {len(failed)} shard(s): {', '.join(failed)}")
     return summary

@@ -11,8 +11,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from omnifer import ingest
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, compaction
+from omnifer.curation.curated import CuratedResult, select_curated
+from omnifer.curation.selection import SelectionPolicy
+from omnifer.pipeline import ingest
 from tasks.logging import attach_prefect_logger
 
 
@@ -41,10 +43,11 @@ def shard_task(
 
 @task(name="select", retries=1, cache_policy=NO_CACHE)
 def select_task(
-    catalog: DataCatalog, ingest_date: str, policy: Any, model_version: str, run_id: str
-) -> ingest.CuratedResult:
+    catalog: DataCatalog, ingest_date: str, policy: SelectionPolicy, model_version: str,
+    run_id: str,
+) -> CuratedResult:
     attach_prefect_logger()
-    return ingest.select_curated(catalog, ingest_date, policy, model_version, run_id)
+    return select_curated(catalog, ingest_date, policy, model_version, run_id)
 
 
 @task(name="summarize", cache_policy=NO_CACHE)
@@ -54,9 +57,8 @@ def summarize_task(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
 
 @task(name="compact", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def compact_task(catalog: DataCatalog, ingest_date: str, run_id: str) -> dict[str, Any]:
-    """Merge the night's shard files into one file per dataset (see ``omnifer.compaction``)."""
-    from omnifer import compaction
-
+    """Merge the night's shard files into one file per dataset (see
+    ``omnifer.catalog.compaction``)."""
     attach_prefect_logger()
     results = compaction.compact_night(catalog, ingest_date, run_id)
     return {r.dataset: r.model_dump(exclude={"dataset", "ingest_date"}) for r in results}

@@ -1,12 +1,12 @@
-"""Prefect tasks around ``omnifer.retry``: one task per shard, retries and logging only."""
+"""Prefect tasks around ``omnifer.pipeline.retry``: one task per shard, retries and logging."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from omnifer import retry
 from omnifer.catalog import DataCatalog
+from omnifer.pipeline import retry
 from tasks.logging import attach_prefect_logger
 
 

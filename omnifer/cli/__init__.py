@@ -1,6 +1,6 @@
 """The ``omnifer`` command line.
 
-Each command is a thin shell over one typed library function (see DESIGN.md, habit 1), so the
+Each command is a thin shell over one typed library function (docs/architecture.md, habit 1), so the
 CLI, the Prefect tasks and a notebook cannot drift apart. Sub-modules register their commands
 on :data:`app`; :func:`main` turns every :class:`~omnifer.errors.OmniferError` into one line on
 stderr and its exit code, never a traceback.
@@ -8,8 +8,6 @@ stderr and its exit code, never a traceback.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
 # Importing a module registers its commands on ``app``.
@@ -22,18 +20,14 @@ from omnifer.cli import retrain as _retrain  # noqa: E402,F401
 from omnifer.cli import synth as _synth  # noqa: E402,F401
 from omnifer.cli._app import app, err_console
 from omnifer.errors import OmniferError
+from omnifer.logs import configure_logging
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(
-        level=os.environ.get("OMNIFER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Prefect's client logs every API request at INFO: noise between the progress lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()  # once per process: level from OMNIFER_LOG_LEVEL; httpx quiet
     try:
         app()
     except OmniferError as exc:

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from omnifer.cli._app import app, console
+from omnifer.runtime.tables import print_table
 
 catalog_app = typer.Typer(help="The data catalog: datasets, row counts, columns.",
                           no_args_is_help=False, invoke_without_command=True)
@@ -28,28 +28,23 @@ def catalog_list(ctx: typer.Context) -> None:
         return
     from omnifer.catalog import DataCatalog
 
-    table = Table("dataset", "uri", "schema", "partitioning", "files", "rows")
-    for info in DataCatalog.from_settings().info():
-        table.add_row(info.name, info.uri, f"v{info.schema_version}",
-                      ",".join(info.partitioning) or "-", str(info.files), f"{info.rows:,}")
-    console.print(table)
+    rows = [(info.name, info.uri, f"v{info.schema_version}", ",".join(info.partitioning) or "-",
+             info.files, f"{info.rows:,}") for info in DataCatalog.from_settings().info()]
+    print_table(console, ("dataset", "uri", "schema", "partitioning", "files", "rows"), rows)
 
 
 @catalog_app.command("describe")
 def catalog_describe(dataset: str = typer.Argument(None, help="One dataset, or all")) -> None:
     """Print each dataset's columns and types, from the code (the source of truth)."""
     from omnifer.catalog import DataCatalog
-    from omnifer.schemas import SCHEMAS
+    from omnifer.catalog.schemas import SCHEMAS
 
     catalog = DataCatalog.from_settings()
     for name in [dataset] if dataset else list(catalog.catalog.datasets):
         spec = catalog.catalog.datasets[name]
-        table = Table("column", "type", title=f"{name}  ({catalog.uri(name)})")
-        for field in SCHEMAS[name]:
-            table.add_row(field.name, str(field.type))
-        for col in spec.partitioning:
-            table.add_row(col, "string (partition folder)")
-        console.print(table)
+        rows = [(field.name, str(field.type)) for field in SCHEMAS[name]]
+        rows += [(col, "string (partition folder)") for col in spec.partitioning]
+        print_table(console, ("column", "type"), rows, title=f"{name}  ({catalog.uri(name)})")
 
 
 @catalog_app.command("compact")
@@ -64,8 +59,7 @@ def catalog_compact(
     """
     import datetime as dt
 
-    from omnifer import compaction
-    from omnifer.catalog import DataCatalog
+    from omnifer.catalog import DataCatalog, compaction
     from omnifer.errors import ConfigError
 
     catalog = DataCatalog.from_settings()
@@ -73,12 +67,10 @@ def catalog_compact(
         raise ConfigError("say which nights: --date D (repeatable) or --all")
     nights = compaction.nights(catalog) if all_nights else date
     run_id = f"compact-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
-    table = Table("night", "dataset", "files in", "rows", "result")
-    for night in nights:
-        for r in compaction.compact_night(catalog, night, run_id):
-            table.add_row(night, r.dataset, str(r.inputs or "-"), f"{r.rows:,}" if r.file else "-",
-                          r.file or f"skipped: {r.skipped}")
-    console.print(table)
+    rows = [(night, r.dataset, r.inputs or "-", f"{r.rows:,}" if r.file else "-",
+             r.file or f"skipped: {r.skipped}")
+            for night in nights for r in compaction.compact_night(catalog, night, run_id)]
+    print_table(console, ("night", "dataset", "files in", "rows", "result"), rows)
 
 
 @app.command("sql")
@@ -104,15 +96,14 @@ def sql(
             raise ConfigError(f"--out must end in .csv or .parquet, got {out.name}")
         console.print(f"wrote {result.num_rows:,} rows to {out}")
         return
-    table = Table(*result.column_names)
-    for row in result.slice(0, limit).to_pylist():
-        table.add_row(*[_short(v) for v in row.values()])
-    console.print(table)
+    print_table(console, result.column_names,
+                ([_short(v) for v in row.values()] for row in result.slice(0, limit).to_pylist()))
     if result.num_rows > limit:
         console.print(f"… {result.num_rows - limit:,} more rows (use --limit or --out)")
 
 
 def _short(value: object) -> str:
+    """A query cell as text; binary columns (face crops) and long JSON are cut at 60 characters."""
     text = value.hex() if isinstance(value, bytes) else str(value)
     return text if len(text) <= 60 else text[:57] + "…"
 
@@ -123,7 +114,7 @@ def models_fetch(
     offline: bool = typer.Option(False, help="Use mirrors only; never download"),
 ) -> None:
     """Put the model files into OMNIFER_HOME/models, from a mirror or upstream; verify sha256."""
-    from omnifer import modelfiles
+    from omnifer.models import modelfiles
 
     names = list(name or [])
     fetched = modelfiles.fetch(names or None, download=not offline)
@@ -140,11 +131,9 @@ def models_list() -> None:
     from omnifer.catalog import DataCatalog
 
     rows = DataCatalog.from_settings().read("models").sort_by("created_at").to_pylist()
-    table = Table("version", "event", "parent", "metrics", "created")
-    for r in rows:
-        table.add_row(r["model_version"], r["event"], r["parent_version"] or "-",
-                      _short(r["metrics"]), str(r["created_at"])[:19])
-    console.print(table)
+    print_table(console, ("version", "event", "parent", "metrics", "created"),
+                [(r["model_version"], r["event"], r["parent_version"] or "-", r["metrics"],
+                  str(r["created_at"])[:19]) for r in rows])
 
 
 @models_app.command("register")
@@ -154,16 +143,16 @@ def models_register(
     promote: bool = typer.Option(False, help="Make it the primitive model now"),
 ) -> None:
     """Copy a trained checkpoint into the model store; optionally promote it."""
-    from omnifer import registry
     from omnifer.catalog import DataCatalog
+    from omnifer.models import versions
 
     catalog = DataCatalog.from_settings()
     card = json.loads((checkpoint / "card.json").read_text())
-    uri = registry.register_model(catalog, checkpoint, version,
-                                  metrics=card.get("metrics", {}),
-                                  train_datasets={"labeled": card.get("datasets", [])})
+    uri = versions.register_version(catalog, checkpoint, version,
+                                    metrics=card.get("metrics", {}),
+                                    train_datasets={"labeled": card.get("datasets", [])})
     if promote:
-        registry.record_event(catalog, version, "promoted", card.get("metrics", {}))
+        versions.record_event(catalog, version, "promoted", card.get("metrics", {}))
     console.print(f"registered {version} at {uri}{' and promoted it' if promote else ''}")
 
 
@@ -184,10 +173,8 @@ def ingest_cmd(
 
 
 def print_summary(summary: dict) -> None:
-    table = Table("status", "images", title=f"nightly ingest {summary['ingest_date']}")
-    for key, value in summary["images_by_status"].items():
-        table.add_row(key, str(value))
-    console.print(table)
+    print_table(console, ("status", "images"), summary["images_by_status"].items(),
+                title=f"nightly ingest {summary['ingest_date']}")
     console.print(f"faces: {summary['faces']}   scored: {summary['scored']}   "
                   f"selected: {summary['selected']}  {summary['selected_per_class']}")
     if summary.get("report"):

@@ -1,6 +1,8 @@
 """CLI commands: ``omnifer distill run`` and ``omnifer distill evaluate``.
 
-Thin shells over :func:`omnifer.distill.distill` and :func:`omnifer.distill_eval.compare_methods`.
+Thin shells over :func:`omnifer.distill.methods.distill`,
+:func:`omnifer.distill.stage.distill_curated` and
+:func:`omnifer.distill.evaluation.compare_methods`.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import typer
-from rich.table import Table
 
 from omnifer.cli._app import app, console
 from omnifer.errors import ConfigError, DatasetError
+from omnifer.runtime.tables import print_table
 
 distill_app = typer.Typer(help="Distil curated data into a few synthetic images per class.",
                           no_args_is_help=True)
@@ -24,10 +26,14 @@ Format = Literal["folder", "parquet"]
 
 def _load_sampler(data: str, fmt: str, image_size: int, classes: list[str] | None,
                   label_column: str, image_column: str):
-    from omnifer.distill import ParquetClassSampler, TensorClassSampler, read_image_folder
+    from omnifer.distill.samplers import (
+        ParquetClassSampler,
+        TensorClassSampler,
+        image_folder_tensors,
+    )
 
     if fmt == "folder":
-        images, labels, names = read_image_folder(data, image_size, classes)
+        images, labels, names = image_folder_tensors(data, image_size, classes)
         return TensorClassSampler(images, labels, len(names)), names
     if fmt == "parquet":
         sampler = ParquetClassSampler(data, classes, image_size, label_column=label_column,
@@ -60,16 +66,10 @@ def run(
     distilled_version: str | None = typer.Option(None, "--distilled-version"),
 ) -> None:
     """Distil DATA and write OUT/distilled.parquet, OUT/grids/<class>.png, OUT/config.json."""
-    from pydantic import ValidationError
+    from omnifer.distill import distill, make_config, save_grids
 
-    from omnifer.distill import DistillConfig, distill, save_grids
-
-    try:
-        config = DistillConfig(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img,
-                               batch_real=batch_real, image_size=image_size, seed=seed,
-                               device=device)
-    except ValidationError as exc:
-        raise ConfigError(str(exc).replace("\n", " ")) from None
+    config = make_config(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img,
+                         batch_real=batch_real, image_size=image_size, seed=seed, device=device)
     sampler, names = _load_sampler(data, fmt, image_size, _split(classes), label_column,
                                    image_column)
     result = distill(sampler, names, config)
@@ -96,7 +96,8 @@ def curated_cmd(
     """Distil the catalog's curated set into the ``distilled`` dataset (+ PNG grids)."""
     from omnifer.catalog import DataCatalog
     from omnifer.config import load_settings
-    from omnifer.distill_stage import distill_curated, make_config
+    from omnifer.distill import make_config
+    from omnifer.distill.stage import distill_curated
 
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
@@ -125,15 +126,15 @@ def evaluate(
     """Print test accuracy (mean ± std over fresh ConvNets): distilled vs random vs herding."""
     import pyarrow.parquet as pq
 
-    from omnifer.distill import DistilledSet, read_image_folder
-    from omnifer.distill_eval import compare_methods
+    from omnifer.distill import DistilledSet, image_folder_tensors
+    from omnifer.distill.evaluation import compare_methods
 
     if not distilled.exists():
         raise DatasetError(f"{distilled} does not exist")
     dset = DistilledSet.from_arrow(pq.read_table(distilled))
     cfg = dset.config.model_copy(update={"seed": seed, "device": device})
     size = dset.images.shape[-1]
-    test_x, test_y, _ = read_image_folder(test, size, dset.classes)
+    test_x, test_y, _ = image_folder_tensors(test, size, dset.classes)
     baselines: tuple[str, ...] = ()
     if data is not None:
         sampler, _ = _load_sampler(data, fmt, size, dset.classes, label_column, image_column)
@@ -148,8 +149,6 @@ def evaluate(
                               baselines=baselines,
                               distilled={name: (dset.images, dset.labels)},
                               num_models=num_models, epochs=epochs)
-    table = Table("set", f"ipc {dset.config.ipc} test acc %", "models")
-    for key, res in results.items():
-        table.add_row(key, f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f}",
-                      str(len(res["accs"])))
-    console.print(table)
+    print_table(console, ("set", f"ipc {dset.config.ipc} test acc %", "models"),
+                [(key, f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f}", len(res["accs"]))
+                 for key, res in results.items()])

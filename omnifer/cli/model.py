@@ -1,7 +1,8 @@
 """CLI commands: ``train``, ``score``, ``select``, ``evaluate`` (the primitive model).
 
-Thin shells over :func:`omnifer.train.train_model`, :class:`omnifer.scoring.Scorer`,
-:func:`omnifer.selection.select_samples` and :func:`omnifer.evaluate.evaluate_model`. All
+Thin shells over :func:`omnifer.training.train.train_model`,
+:class:`omnifer.curation.scoring.Scorer`, :func:`omnifer.curation.selection.select_samples` and
+:func:`omnifer.training.evaluate.evaluate_model`. All
 work on generic image-folder datasets (``ROOT/<class>/*.png``), not only faces.
 """
 
@@ -12,10 +13,10 @@ import os
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from omnifer.cli._app import app, console
 from omnifer.errors import DatasetError
+from omnifer.runtime.tables import print_table
 
 FORMAT_HELP = "rafdb | ferplus | affectnet | folder"
 
@@ -44,8 +45,9 @@ def train_cmd(
     device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto"),
 ) -> None:
     """Train a model on a labeled dataset; writes weights, prototypes and card.json."""
-    from omnifer.datasets import read_dataset, read_image_folder
-    from omnifer.train import load_train_config, train_model
+    from omnifer.labeled import read_dataset, read_image_folder
+    from omnifer.training.config import load_train_config
+    from omnifer.training.train import train_model
 
     cfg = load_train_config(config, epochs=epochs, seed=seed, arch=arch, input_size=input_size,
                             batch_size=batch_size, lr=lr, balanced_sampling=balanced,
@@ -63,9 +65,10 @@ def train_cmd(
 
 
 def _image_files(root: Path) -> list[Path]:
-    from omnifer.datasets import IMAGE_EXTENSIONS, list_images
+    from omnifer.imaging.transforms import is_image_name
+    from omnifer.labeled import list_images
 
-    if root.is_file() and root.suffix.lower() in IMAGE_EXTENSIONS:
+    if root.is_file() and is_image_name(root.name):
         return [root]
     if not root.is_dir():
         raise DatasetError(f"{root} is neither an image nor a folder")
@@ -85,10 +88,11 @@ def score_cmd(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from omnifer.datasets import read_image, resize_images
-    from omnifer.model import load_checkpoint
-    from omnifer.progress import track
-    from omnifer.scoring import Scorer
+    from omnifer.curation.scoring import Scorer
+    from omnifer.imaging.transforms import resize_image
+    from omnifer.labeled import read_image
+    from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.runtime.progress import track
 
     scorer = Scorer(load_checkpoint(model), batch_size=batch_size, device=device)
     files = _image_files(images)
@@ -113,7 +117,7 @@ def score_cmd(
             parts = []
             if ok:
                 size = scorer.loaded.card.input_size
-                batch = np.stack([resize_images(imgs[i][None], size)[0] for i in ok])
+                batch = np.stack([resize_image(imgs[i], size) for i in ok])
                 t = scorer.score(batch).to_arrow([ids[i] for i in ok])
                 t = t.append_column("status", pa.array(["ok"] * len(ok)))
                 t = t.append_column("error", pa.array([None] * len(ok), pa.string()))
@@ -156,7 +160,7 @@ def select_cmd(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from omnifer.selection import load_policy, select_samples, selection_report
+    from omnifer.curation.selection import load_policy, select_samples, selection_report
 
     pol = load_policy(policy, min_confidence=min_confidence, min_similarity=min_similarity,
                       top_k_per_class=top_k, duplicate_to_k=duplicate,
@@ -174,10 +178,8 @@ def select_cmd(
     pq.write_table(selected, tmp)
     os.replace(tmp, out)
     report = selection_report(table, pol)
-    view = Table(*report.column_names, title=f"selection  {pol.to_json()}")
-    for row in report.to_pylist():
-        view.add_row(*(str(v) for v in row.values()))
-    console.print(view)
+    print_table(console, report.column_names, (row.values() for row in report.to_pylist()),
+                title=f"selection  {pol.to_json()}")
     console.print(f"kept {selected.num_rows} of {table.num_rows} rows -> {out}")
 
 
@@ -191,21 +193,20 @@ def evaluate_cmd(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Accuracy, mean per-class accuracy and the confusion matrix on a labeled set."""
-    from omnifer.datasets import read_dataset
-    from omnifer.evaluate import evaluate_model
-    from omnifer.model import load_checkpoint
+    from omnifer.labeled import read_dataset
+    from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.training.evaluate import evaluate_model
 
     loaded = load_checkpoint(model)
     test = read_dataset(data, fmt, split, size=loaded.card.input_size, classes=loaded.classes)
     m = evaluate_model(loaded, test, device=device)
     classes = m["classes"]
-    view = Table("true \\ predicted", *classes, "n", "accuracy",
-                 title=f"{model} on {data} ({split})")
+    rows = []
     for i, c in enumerate(classes):
         acc = m["per_class_accuracy"][c]
-        view.add_row(c, *(str(v) for v in m["confusion"][i]), str(m["support"][c]),
-                     "-" if acc is None else f"{acc:.3f}")
-    console.print(view)
+        rows.append((c, *m["confusion"][i], m["support"][c], "-" if acc is None else f"{acc:.3f}"))
+    print_table(console, ("true \\ predicted", *classes, "n", "accuracy"), rows,
+                title=f"{model} on {data} ({split})")
     console.print(f"accuracy {m['accuracy']:.4f}   mean per-class accuracy "
                   f"{m['mean_class_accuracy']:.4f}   n={m['n']}")
     if json_out:

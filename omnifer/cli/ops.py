@@ -13,10 +13,10 @@ import json
 from typing import Any
 
 import typer
-from rich.table import Column, Table
 
 from omnifer.cli._app import app, console
 from omnifer.errors import ConfigError, DatasetError, OmniferError
+from omnifer.runtime.tables import print_table
 
 # Counts shown per stage in ``omnifer runs`` (the record holds more; ``runs RUN_ID`` shows all).
 _COUNT_KEYS = ("shards", "done", "skipped", "failed", "selected", "candidates", "retried",
@@ -41,32 +41,29 @@ def runs_cmd(
     limit: int = typer.Option(20, help="How many recent runs to list"),
 ) -> None:
     """Recent flow runs with each stage's state and counts (newest first)."""
-    from omnifer import runs
+    from omnifer.catalog import runs
 
     catalog = _catalog()
     if run_id:
         record = runs.get_run(catalog, run_id)
         if record is None:
-            raise DatasetError(f"no run record {run_id} under {catalog.aux_uri('_runs')}")
+            raise DatasetError(f"no run record {run_id} under {catalog.runs_uri()}")
         console.print_json(json.dumps(record, default=str))
         return
-    # Whole run ids, never cut: `omnifer rerun` takes them.
-    table = Table(Column("run", no_wrap=True, min_width=36), "flow", "date", "state", "stages",
-                  "started")
-    for r in runs.list_runs(catalog, limit):
-        stages = "\n".join(_stage_text(k, v) for k, v in r.get("stages", {}).items())
-        table.add_row(r["run_id"], r["flow"], r["ingest_date"], r["state"], stages or "-",
-                      str(r.get("started_at") or "")[:19])
-    console.print(table)
+    # Whole values, never cut (`omnifer rerun` takes the run ids): see omnifer.runtime.tables.
+    rows = [(r["run_id"], r["flow"], r["ingest_date"], r["state"],
+             "\n".join(_stage_text(k, v) for k, v in r.get("stages", {}).items()) or "-",
+             str(r.get("started_at") or "")[:19]) for r in runs.list_runs(catalog, limit)]
+    print_table(console, ("run", "flow", "date", "state", "stages", "started"), rows)
 
 
 def _find_run(catalog: Any, run_id: str | None, date: str | None) -> dict[str, Any]:
-    from omnifer import runs
+    from omnifer.catalog import runs
 
     if run_id:
         record = runs.get_run(catalog, run_id)
         if record is None:
-            raise DatasetError(f"no run record {run_id} under {catalog.aux_uri('_runs')}; "
+            raise DatasetError(f"no run record {run_id} under {catalog.runs_uri()}; "
                                "see `omnifer runs`")
         return record
     if not date:
@@ -101,7 +98,7 @@ def rerun_cmd(
 
     Only the shards that failed (or never ran) are processed again.
     """
-    from omnifer import runs
+    from omnifer.catalog import runs
 
     catalog = _catalog()
     record = _find_run(catalog, run_id, date)
@@ -150,7 +147,7 @@ def retry_failed_cmd(
     workers: int = typer.Option(2, help="Shards retried in parallel"),
 ) -> None:
     """Reprocess the images (or scores) whose rows say ``stage`` failed, then re-select."""
-    from omnifer.retry import RETRY_STATUSES, find_failed
+    from omnifer.pipeline.retry import RETRY_STATUSES, find_failed
 
     if stage not in RETRY_STATUSES:
         raise ConfigError(f"unknown stage '{stage}': use one of {', '.join(RETRY_STATUSES)}")
@@ -165,10 +162,8 @@ def retry_failed_cmd(
     if not isinstance(summary, dict):
         raise OmniferError(f"retry-failed run {state.state_details.flow_run_id} failed: "
                            f"{summary}")
-    table = Table("date", "shard", "retried", "recovered", "still failed", "new faces",
-                  title=f"retry-failed --stage {stage}  (run {summary['run_id']})")
-    for r in summary["shards_detail"]:
-        table.add_row(r["ingest_date"], r["shard_id"], str(r["retried"]), str(r["recovered"]),
-                      str(r["still_failed"]), str(r["new_faces"]))
-    console.print(table)
+    print_table(console, ("date", "shard", "retried", "recovered", "still failed", "new faces"),
+                [(r["ingest_date"], r["shard_id"], r["retried"], r["recovered"],
+                  r["still_failed"], r["new_faces"]) for r in summary["shards_detail"]],
+                title=f"retry-failed --stage {stage}  (run {summary['run_id']})")
     console.print(f"re-selected: {summary['selected'] or 'nothing (no new scores)'}")

@@ -7,9 +7,9 @@ work as a deployable flow for the ``gpu`` pool.
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from omnifer.cli._app import app, console
+from omnifer.runtime.tables import print_table
 
 
 @app.command("retrain")
@@ -31,7 +31,7 @@ def retrain_cmd(
     """Train a new model version; it becomes the primitive model only if it tests better."""
     from omnifer.catalog import DataCatalog
     from omnifer.config import RetrainSettings, load_settings
-    from omnifer.retrain import retrain
+    from omnifer.training.retrain import retrain
 
     settings = load_settings()
     rs = settings.retrain.model_dump()
@@ -45,11 +45,10 @@ def retrain_cmd(
     outcome = retrain(DataCatalog(settings.catalog), RetrainSettings(**rs), recipe=recipe,
                       curated_versions=curated_version or None,
                       distilled_version=distilled_version)
-    table = Table("model", "trained on", "test accuracy")
-    table.add_row(f"{outcome.model_version} (new)",
-                  f"labeled + {outcome.recipe} ({outcome.train_images} images, "
-                  f"{outcome.train_seconds:.0f}s)", f"{outcome.accuracy:.4f}")
-    table.add_row(f"{outcome.parent_version} (primitive)", "", f"{outcome.parent_accuracy:.4f}")
-    console.print(table)
+    print_table(console, ("model", "trained on", "test accuracy"), [
+        (f"{outcome.model_version} (new)", f"labeled + {outcome.recipe} ({outcome.train_images} "
+         f"images, {outcome.train_seconds:.0f}s)", f"{outcome.accuracy:.4f}"),
+        (f"{outcome.parent_version} (primitive)", "", f"{outcome.parent_accuracy:.4f}"),
+    ])
     verdict = "[green]promoted[/green]" if outcome.promoted else "[yellow]rejected[/yellow]"
     console.print(f"{outcome.model_version} {verdict}; checkpoint {outcome.checkpoint_uri}")

@@ -1,14 +1,14 @@
 """CLI command ``omnifer synth``: write the seeded demo face world (a thin shell over
-:func:`omnifer.synth.generate_world`, so the CLI and the demo flow cannot drift)."""
+:func:`omnifer.demo.world.generate_world`, so the CLI and the demo flow cannot drift)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from omnifer.cli._app import app, console
+from omnifer.runtime.tables import print_table
 
 
 @app.command("synth")
@@ -21,20 +21,18 @@ def synth(
     workers: int | None = typer.Option(None, min=1, help="Processes (default: one per CPU)"),
 ) -> None:
     """Write a seeded synthetic face world: labeled RAF-DB tree, unlabeled scenes, truth."""
-    from omnifer.synth import generate_world
+    from omnifer.demo.world import generate_world
 
     s = generate_world(out, seed=seed, labeled_per_class=labeled_per_class,
                        test_per_class=test_per_class, unlabeled_images=unlabeled_images,
                        workers=workers)
-    table = Table("part", "where", "what", title=f"demo world (seed {s.seed}) in {s.seconds:.1f}s")
-    table.add_row("labeled", str(s.labeled_dir),
-                  f"{s.train_images} train + {s.test_images} test aligned 112×112 crops "
-                  "(RAF-DB basic layout)")
-    table.add_row("unlabeled", str(s.unlabeled_dir),
-                  f"{s.scenes} files: {s.scenes_with_faces} with faces ({s.faces} faces), "
-                  f"{s.scenes_no_face} without, {s.broken_files} broken")
-    table.add_row("truth", str(s.truth_dir), "faces.parquet, images.parquet (evaluation only)")
-    table.add_row("meta", str(s.root / "world.json"), "seed, counts, classes, version")
-    console.print(table)
+    print_table(console, ("part", "where", "what"), [
+        ("labeled", s.labeled_dir, f"{s.train_images} train + {s.test_images} test aligned "
+         "112×112 crops (RAF-DB basic layout)"),
+        ("unlabeled", s.unlabeled_dir, f"{s.scenes} files: {s.scenes_with_faces} with faces "
+         f"({s.faces} faces), {s.scenes_no_face} without, {s.broken_files} broken"),
+        ("truth", s.truth_dir, "faces.parquet, images.parquet (evaluation only)"),
+        ("meta", s.root / "world.json", "seed, counts, classes, version"),
+    ], title=f"demo world (seed {s.seed}) in {s.seconds:.1f}s")
     per_class = ", ".join(f"{k} {v}" for k, v in s.faces_per_class.items())
     console.print(f"faces in scenes per class: {per_class}", highlight=False)

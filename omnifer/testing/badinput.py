@@ -6,7 +6,7 @@ only exist *after* the plan is written (a file that vanishes between listing and
 file that becomes unreadable): :func:`sabotage` applies them, so a test or the benchmark does
 ``write_corpus → plan → sabotage → process``.
 
-The faces are drawn by :mod:`omnifer.synth` (YuNet finds them); a 6×5 grid gives thirty.
+The faces are drawn by :mod:`omnifer.demo` (YuNet finds them); a 6×5 grid gives thirty.
 """
 
 from __future__ import annotations
@@ -36,29 +36,31 @@ class Case:
     after_plan: str | None = None  # "vanish" | "unreadable" | None
 
 
-def _faces(n: int, cols: int, cell: int, seed: int) -> np.ndarray:
+def drawn_faces(n: int, cols: int, cell: int, seed: int) -> np.ndarray:
     """BGR image with ``n`` upright drawn faces on a grid of ``cell``-pixel squares."""
-    from omnifer import synth
+    from omnifer import demo
 
     rows = (n + cols - 1) // cols
     rng = np.random.default_rng(seed)
     img = np.full((rows * cell, cols * cell, 3), 200, np.uint8)
-    labels = list(synth.UNLABELED_CLASS_WEIGHTS)
+    labels = list(demo.UNLABELED_CLASS_WEIGHTS)
     for i in range(n):
         r, c = divmod(i, cols)
-        pose = synth.Pose(cx=c * cell + cell / 2, cy=r * cell + cell * 0.45, scale=cell * 0.5,
+        pose = demo.Pose(cx=c * cell + cell / 2, cy=r * cell + cell * 0.45, scale=cell * 0.5,
                           roll=0.0, yaw=0.0)
         label = labels[i % len(labels)]
-        synth.draw_face(img, rng, synth.sample_identity(rng), synth.sample_expression(rng, label),
-                        pose, label, synth.sample_light(rng))
+        demo.draw_face(img, rng, demo.sample_identity(rng), demo.sample_expression(rng, label),
+                        pose, label, demo.sample_light(rng))
     return img
 
 
-def _pil(bgr: np.ndarray) -> Image.Image:
+def to_pil(bgr: np.ndarray) -> Image.Image:
+    """A BGR array as an RGB Pillow image."""
     return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def _save(img: Image.Image, fmt: str, **kw: object) -> bytes:
+def encode_pil(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    """``img`` encoded as ``fmt`` (Pillow's save options in ``kw``)."""
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -78,11 +80,11 @@ def png_claiming(width: int, height: int) -> bytes:
 
 def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
     """Every case with its bytes (the after-plan cases get a good face image; None: a FIFO)."""
-    one = _faces(1, 1, 256, seed)  # 256×256, one face
-    face = _pil(one)
+    one = drawn_faces(1, 1, 256, seed)  # 256×256, one face
+    face = to_pil(one)
     noise = np.random.default_rng(seed).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    jpeg = _save(face, "JPEG", quality=92)
-    png = _save(face, "PNG")
+    jpeg = encode_pil(face, "JPEG", quality=92)
+    png = encode_pil(face, "PNG")
 
     rgba = face.convert("RGBA")
     rgba.putalpha(Image.new("L", face.size, 255))
@@ -93,10 +95,10 @@ def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
     sideways = face.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
-    thirty = _pil(_faces(30, 6, 110, seed + 1))
+    thirty = to_pil(drawn_faces(30, 6, 110, seed + 1))
 
     def variant(i: int) -> bytes:  # same face, distinct bytes (no 'duplicate' status)
-        return _save(_pil(_faces(1, 1, 256, seed + 10 + i)), "JPEG", quality=90)
+        return encode_pil(to_pil(drawn_faces(1, 1, 256, seed + 10 + i)), "JPEG", quality=90)
 
     return [
         (Case("good_jpeg", b"good.jpg", "ok", 1), jpeg),
@@ -106,18 +108,18 @@ def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
         (Case("text_as_jpg", b"notes.jpg", "not_image"),
          b"this is a text file that calls itself a JPEG\n" * 20),
         (Case("png_bomb_50000x50000", b"bomb.png", "too_large"), png_claiming(50_000, 50_000)),
-        (Case("cmyk_jpeg", b"cmyk.jpg", "ok", 1), _save(face.convert("CMYK"), "JPEG")),
-        (Case("png_16bit", b"gray16.png", "ok", 1), _save(gray16, "PNG")),
-        (Case("grayscale", b"gray.png", "ok", 1), _save(face.convert("L"), "PNG")),
-        (Case("rgba_png", b"rgba.png", "ok", 1), _save(rgba, "PNG")),
+        (Case("cmyk_jpeg", b"cmyk.jpg", "ok", 1), encode_pil(face.convert("CMYK"), "JPEG")),
+        (Case("png_16bit", b"gray16.png", "ok", 1), encode_pil(gray16, "PNG")),
+        (Case("grayscale", b"gray.png", "ok", 1), encode_pil(face.convert("L"), "PNG")),
+        (Case("rgba_png", b"rgba.png", "ok", 1), encode_pil(rgba, "PNG")),
         (Case("one_pixel", b"pixel.png", "no_face", 0),
-         _save(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")),
+         encode_pil(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")),
         (Case("animated_gif", b"anim.gif", "ok", 1),
-         _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80)),
+         encode_pil(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80)),
         (Case("exif_rotated", b"rotated.jpg", "ok", 1),
-         _save(sideways, "JPEG", quality=92, exif=exif.tobytes())),
-        (Case("no_face", b"noface.png", "no_face", 0), _save(_pil(noise), "PNG")),
-        (Case("thirty_faces", b"crowd.jpg", "ok", 30), _save(thirty, "JPEG", quality=92)),
+         encode_pil(sideways, "JPEG", quality=92, exif=exif.tobytes())),
+        (Case("no_face", b"noface.png", "no_face", 0), encode_pil(to_pil(noise), "PNG")),
+        (Case("thirty_faces", b"crowd.jpg", "ok", 30), encode_pil(thirty, "JPEG", quality=92)),
         (Case("vanished", b"vanish.jpg", "missing", after_plan="vanish"), variant(0)),
         (Case("unreadable", b"locked.jpg", "unreadable", after_plan="unreadable"), variant(1)),
         (Case("non_utf8_name", b"caf\xe9-\xff\xfe.jpg", "ok", 1), variant(2)),

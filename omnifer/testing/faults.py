@@ -240,7 +240,8 @@ def tiny_checkpoint(out: Path, seed: int = 0) -> Path:
     import torch
 
     from omnifer.labels import CLASSES
-    from omnifer.model import ModelCard, create_model, save_checkpoint
+    from omnifer.models.checkpoints import ModelCard, save_checkpoint
+    from omnifer.models.registry import create_model
 
     torch.manual_seed(seed)
     model = create_model("fercnn_tiny", len(CLASSES))
@@ -254,11 +255,11 @@ def tiny_checkpoint(out: Path, seed: int = 0) -> Path:
 
 def promote_tiny_model(catalog: Any, out: Path, version: str = "v1") -> None:
     """Register and promote :func:`tiny_checkpoint` as the catalog's primitive model."""
-    from omnifer import registry
+    from omnifer.models import versions
 
     tiny_checkpoint(out)
-    registry.register_model(catalog, out, version, metrics={"accuracy": 0.0})
-    registry.record_event(catalog, version, "promoted", {"accuracy": 0.0})
+    versions.register_version(catalog, out, version, metrics={"accuracy": 0.0})
+    versions.record_event(catalog, version, "promoted", {"accuracy": 0.0})
 
 
 # -- one night without Prefect ----------------------------------------------------------------
@@ -277,9 +278,9 @@ def run_night(catalog: Any, sources: list[str], date: str, shard_size: int = 4,
     A failing shard (an :class:`~omnifer.errors.OmniferError`) is recorded and the others
     go on, as in ``flows/ingest.py``; a rerun does only what did not commit.
     """
-    from omnifer import ingest
     from omnifer.errors import OmniferError
-    from omnifer.registry import primitive_model
+    from omnifer.models.versions import primitive_model
+    from omnifer.pipeline import ingest
     from omnifer.sources import parse_source
 
     version, uri = primitive_model(catalog)
@@ -314,14 +315,14 @@ def make_catalog(root: Path, name: str, data_root: str | None = None) -> tuple[A
 
 def face_folder(root: Path, n: int = 6, seed: int = 0, broken: int = 1) -> Path:
     """``n`` distinct one-face JPEGs plus ``broken`` truncated ones, in nested folders."""
-    from omnifer.testing.badinput import _faces, _pil, _save
+    from omnifer.testing.badinput import drawn_faces, encode_pil, to_pil
 
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         sub = root / f"cam-{i % 2}"
         sub.mkdir(exist_ok=True)
         (sub / f"face-{i:03d}.jpg").write_bytes(
-            _save(_pil(_faces(1, 1, 192, seed + 100 + i)), "JPEG", quality=90))
+            encode_pil(to_pil(drawn_faces(1, 1, 192, seed + 100 + i)), "JPEG", quality=90))
     for i in range(broken):
         (root / f"broken-{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(40))
     return root
