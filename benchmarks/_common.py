@@ -55,7 +55,7 @@ def warm_prefect() -> float:
 def ensure_world(work: Path, scenes: int, seed: int = SEED) -> Path:
     """A demo world with ``scenes`` unlabeled scenes: ``demo/world`` when it matches, else one
     rendered (once) under ``work``."""
-    from omnifer.synth import generate_world
+    from omnifer.demo.world import generate_world
 
     for world in (DEMO_WORLD, work / f"world-{scenes}-s{seed}"):
         meta = world / "world.json"
@@ -83,8 +83,9 @@ def ensure_model(work: Path) -> Path:
         return DEMO_MODEL
     ckpt = work / "model-v1"
     if not (ckpt / "card.json").exists():
-        from omnifer.datasets import read_rafdb
-        from omnifer.train import TrainConfig, train_model
+        from omnifer.labeled import read_rafdb
+        from omnifer.training.config import TrainConfig
+        from omnifer.training.train import train_model
 
         world = ensure_world(work, 40)
         train_model(read_rafdb(world / "labeled", split="train"),
@@ -97,9 +98,9 @@ def fresh_catalog(root: Path, model: Path | None = None) -> Any:
     ``model`` registered and promoted as ``v1`` when given."""
     import yaml
 
-    from omnifer import registry
     from omnifer.catalog import DataCatalog
     from omnifer.config import load_catalog
+    from omnifer.models import versions
 
     if root.exists():
         shutil.rmtree(root)
@@ -112,8 +113,8 @@ def fresh_catalog(root: Path, model: Path | None = None) -> Any:
     os.environ.pop("OMNIFER_CATALOG_ROOT", None)
     catalog = DataCatalog(load_catalog(path))
     if model is not None:
-        registry.register_model(catalog, model, "v1", metrics={"accuracy": 0.0})
-        registry.record_event(catalog, "v1", "promoted", {"accuracy": 0.0})
+        versions.register_version(catalog, model, "v1", metrics={"accuracy": 0.0})
+        versions.record_event(catalog, "v1", "promoted", {"accuracy": 0.0})
     return catalog
 
 

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnifer.distill import DistillConfig, TensorClassSampler, decode_image, normalize
-from omnifer.distill import read_image_folder as read_folder
-from omnifer.distill_eval import compare_methods
+from omnifer.distill import DistillConfig, TensorClassSampler
+from omnifer.distill import image_folder_tensors as read_folder
+from omnifer.distill.evaluation import compare_methods
+from omnifer.distill.samplers import crop_to_chw
+from omnifer.imaging.tensors import normalize
 from omnifer.labels import CLASSES, RAFDB_TO_CANONICAL
 
 
@@ -50,7 +52,7 @@ def read_rafdb(root: Path, image_size: int):
         if not path.exists():
             continue
         split = "train" if name.startswith("train") else "test"
-        splits[split][0].append(decode_image(path.read_bytes(), image_size))
+        splits[split][0].append(crop_to_chw(path.read_bytes(), image_size))
         splits[split][1].append(CLASSES.index(RAFDB_TO_CANONICAL[int(code)]))
     out = []
     for split in ("train", "test"):

@@ -55,11 +55,11 @@ def _bare_worker(files: list[str], threads: int, model_dir: str, barrier: Any,
     import torch
 
     from omnifer.config import load_settings
-    from omnifer.decode import decode_image
+    from omnifer.curation.scoring import Scorer
     from omnifer.errors import DecodeError
     from omnifer.faces import create_detector, detect_and_align
-    from omnifer.model import load_checkpoint
-    from omnifer.scoring import Scorer
+    from omnifer.imaging.decode import decode_image
+    from omnifer.models.checkpoints import load_checkpoint
 
     torch.set_num_threads(threads)
     s = load_settings().ingest
@@ -111,7 +111,7 @@ def bare_loop(files: list[Path], processes: int, model: Path) -> dict[str, float
 def flow_run(world: Path, workers: int, shard_size: int, model: Path,
              root: Path) -> dict[str, float]:
     from flows.ingest import nightly_ingest
-    from omnifer.ingest import ShardResult
+    from omnifer.catalog.plans import ShardResult
 
     catalog = fresh_catalog(root, model)
     start, cpu0 = time.perf_counter(), _cpu_s()

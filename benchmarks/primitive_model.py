@@ -26,13 +26,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from omnifer.datasets import LabeledData, read_rafdb
-from omnifer.evaluate import evaluate_model, pseudo_label_precision
+from omnifer.curation.scoring import Scorer
+from omnifer.curation.selection import SelectionPolicy, select_samples
+from omnifer.labeled import LabeledData, read_rafdb
 from omnifer.labels import CLASSES
-from omnifer.model import load_checkpoint
-from omnifer.scoring import Scorer
-from omnifer.selection import SelectionPolicy, select_samples
-from omnifer.train import TrainConfig, train_model
+from omnifer.models.checkpoints import load_checkpoint
+from omnifer.training.config import TrainConfig
+from omnifer.training.evaluate import evaluate_model, pseudo_label_precision
+from omnifer.training.train import train_model
 
 # brow tilt (deg), eye opening, mouth curve (+ smile), mouth opening, per canonical class
 EXPRESSIONS = {
@@ -91,7 +92,7 @@ def cartoon_faces(n_per_class: int, seed: int, size: int = 64) -> LabeledData:
 
 def load_data(seed: int, pool_per_class: int, work: Path) -> tuple[LabeledData, ...]:
     try:
-        from omnifer.synth import generate_world
+        from omnifer.demo.world import generate_world
     except ImportError:
         return (cartoon_faces(40, seed), cartoon_faces(30, seed + 500),
                 cartoon_faces(pool_per_class, seed + 1000))

@@ -35,9 +35,10 @@ import numpy as np
 import pyarrow as pa
 from _common import DEFAULT_WORK, fresh_catalog, machine, print_table
 
-from omnifer import compaction, ingest, storage
+from omnifer.catalog import compaction
+from omnifer.catalog.plans import ShardResult, write_marker
+from omnifer.catalog.schemas import CURATED, FACES, IMAGES, MODELS, SCORES
 from omnifer.labels import CLASSES
-from omnifer.schemas import CURATED, FACES, IMAGES, MODELS, SCORES
 
 QUERIES = {
     "per-class counts per night": (
@@ -157,9 +158,7 @@ def generate(root: Path, rows: int, nights: int, shard_size: int, layout: str,
             name = f"part-{shard}.parquet"
             fa, fb = int(face_start[j]), int(face_start[j + 1])
             if layout != "nights":  # the shard's commit marker, as the flow writes it
-                storage.write_bytes_atomic(
-                    ingest._marker_uri(catalog, date, shard),
-                    ingest.ShardResult(shard_id=shard, images=b - a).model_dump_json().encode())
+                write_marker(catalog, date, ShardResult(shard_id=shard, images=b - a))
             for ds_name, table in (("images", images.slice(a, b - a)),
                                    ("faces", t["faces"].slice(fa, fb - fa)),
                                    ("scores", t["scores"].slice(fa, fb - fa))):

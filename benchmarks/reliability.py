@@ -33,7 +33,7 @@ HELPER = REPO / "tests" / "helpers_faults.py"
 def _setup_env(work: Path) -> None:
     import logging
 
-    from omnifer import modelfiles
+    from omnifer.models import modelfiles
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
@@ -71,8 +71,8 @@ class Table:
 
 
 def corpus_cases(work: Path, table: Table) -> None:
-    from omnifer import ingest
-    from omnifer.registry import primitive_model
+    from omnifer.models.versions import primitive_model
+    from omnifer.pipeline import ingest
     from omnifer.sources import LocalSource
     from omnifer.testing.badinput import case_uri, sabotage, write_corpus
     from omnifer.testing.faults import make_catalog, promote_tiny_model
@@ -112,7 +112,7 @@ def fault_cases(work: Path, table: Table) -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from omnifer.modelfiles import MODEL_FILES
+    from omnifer.models.modelfiles import MODEL_FILES
     from omnifer.testing.faults import (
         FaultPlan,
         FaultProxy,

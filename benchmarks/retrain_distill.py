@@ -43,17 +43,21 @@ import pyarrow.parquet as pq
 import torch
 from _common import REPO, fresh_catalog, machine, print_table
 
-from omnifer import curated, ingest
 from omnifer.catalog import DataCatalog
 from omnifer.config import RetrainSettings, load_catalog, load_settings
-from omnifer.datasets import read_rafdb
+from omnifer.curation import curated
+from omnifer.curation.curated import select_curated
+from omnifer.curation.selection import policy_from_settings
 from omnifer.distill import DistillConfig, DistilledSet, ParquetClassSampler
-from omnifer.distill_eval import compare_methods
-from omnifer.evaluate import evaluate_model
-from omnifer.model import load_checkpoint
-from omnifer.retrain import labeled_from_distilled, with_teacher_targets
+from omnifer.distill.evaluation import compare_methods
+from omnifer.labeled import read_rafdb
+from omnifer.models.checkpoints import load_checkpoint
+from omnifer.pipeline import ingest
 from omnifer.sources import LocalSource
-from omnifer.train import TrainConfig, train_model
+from omnifer.training.config import TrainConfig
+from omnifer.training.evaluate import evaluate_model
+from omnifer.training.retrain import labeled_from_distilled, with_teacher_targets
+from omnifer.training.train import train_model
 
 SEED = 7
 DATE = "2026-01-01"
@@ -61,7 +65,7 @@ DATE = "2026-01-01"
 
 def build(work: Path, scenes: int) -> tuple[Path, DataCatalog, Path]:
     """World, primitive model and one mined night, each made once."""
-    from omnifer.synth import generate_world
+    from omnifer.demo.world import generate_world
 
     world = work / f"world-{scenes}"
     if not (world / "world.json").exists():
@@ -90,7 +94,7 @@ def build(work: Path, scenes: int) -> tuple[Path, DataCatalog, Path]:
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda s: ingest.process_shard(catalog, plan, s, "bench"), plan.shards))
     torch.set_num_threads(2)
-    result = ingest.select_curated(catalog, DATE, settings.selection_policy(), "v1", "bench")
+    result = select_curated(catalog, DATE, policy_from_settings(settings), "v1", "bench")
     marker.write_text(result.model_dump_json())
     print(f"  {result.selected} curated of {result.candidates} faces, "
           f"{time.monotonic() - t:.0f}s", flush=True)
@@ -118,7 +122,7 @@ def _test_split(labeled: Path, size: int, classes: list[str]):
     """The labeled test split as normalised RGB tensors, restricted to ``classes``."""
     import numpy as np
 
-    from omnifer.distill import normalize
+    from omnifer.imaging.tensors import normalize
 
     test = read_rafdb(labeled, "test", size=size)
     names = [test.classes[i] for i in test.hard_labels()]
@@ -138,7 +142,7 @@ def _crops_path(args: argparse.Namespace, catalog: DataCatalog) -> Path:
 def reselect(catalog: DataCatalog, overrides: dict) -> None:
     """Select the mined night again with ``omnifer.yaml``'s policy changed by ``overrides`` (a new
     curated version) unless its newest curated version already used that policy."""
-    from omnifer.selection import SelectionPolicy
+    from omnifer.curation.selection import SelectionPolicy
 
     raw = {**load_settings().selection, **overrides}
     if "min_confidence" in overrides:
@@ -150,7 +154,7 @@ def reselect(catalog: DataCatalog, overrides: dict) -> None:
                                   "curated_version = ?", [latest]).fetchone()[0])
     if used == json.loads(policy.to_json()):
         return
-    result = ingest.select_curated(catalog, DATE, policy, "v1", "bench")
+    result = select_curated(catalog, DATE, policy, "v1", "bench")
     print(f"  re-selected with {overrides}: {result.selected} curated", flush=True)
 
 
@@ -163,7 +167,7 @@ def larger_test_split(work: Path, per_class: int) -> Path:
     train split is byte-identical and no test face is a training face); 150 per class gives
     about 1.5 points.
     """
-    from omnifer.synth import generate_world
+    from omnifer.demo.world import generate_world
 
     out = work / f"test-{per_class}"
     if not (out / "world.json").exists():

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from _common import DEFAULT_WORK, ensure_model, ensure_world, machine, print_table
 
-from omnifer.model import load_checkpoint
-from omnifer.scoring import Scorer
+from omnifer.curation.scoring import Scorer
+from omnifer.models.checkpoints import load_checkpoint
 
 
 def load_crops(world: Path, n: int) -> np.ndarray:

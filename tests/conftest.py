@@ -19,7 +19,7 @@ os.environ.setdefault("OMNIFER_PROGRESS", "log")
 @pytest.fixture(scope="session")
 def omnifer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide OMNIFER_HOME with the model files fetched from the mirror."""
-    from omnifer import modelfiles
+    from omnifer.models import modelfiles
 
     home = tmp_path_factory.mktemp("omnifer_home")
     # Mirrors: the configured ones, ../shared/models, and the user's cache that
@@ -34,7 +34,7 @@ def omnifer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def yunet_model_path(omnifer_home: Path) -> Path:
-    from omnifer import modelfiles
+    from omnifer.models import modelfiles
 
     return modelfiles.model_path("yunet", home=omnifer_home)
 
@@ -89,7 +89,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _world(factory: pytest.TempPathFactory, name: str, seed: int, scenes: int) -> Path:
-    from omnifer.synth import generate_world
+    from omnifer.demo.world import generate_world
 
     out = factory.mktemp(name)
     generate_world(out, seed=seed, labeled_per_class=6, test_per_class=2,
@@ -98,8 +98,9 @@ def _world(factory: pytest.TempPathFactory, name: str, seed: int, scenes: int) -
 
 
 def _model(factory: pytest.TempPathFactory, name: str, world: Path, epochs: int) -> Path:
-    from omnifer.datasets import read_rafdb
-    from omnifer.train import TrainConfig, train_model
+    from omnifer.labeled import read_rafdb
+    from omnifer.training.config import TrainConfig
+    from omnifer.training.train import train_model
 
     out = factory.mktemp(name) / "v1"
     train_model(read_rafdb(world / "labeled", "train"), TrainConfig(epochs=epochs, seed=0), out)

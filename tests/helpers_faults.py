@@ -57,7 +57,7 @@ def _kill_on_switch(point: str) -> None:
 
 def _compact(catalog_yaml: str, date: str) -> int:
     from omnifer.catalog import DataCatalog
-    from omnifer.compaction import compact_night
+    from omnifer.catalog.compaction import compact_night
     from omnifer.config import load_catalog
 
     compact_night(DataCatalog(load_catalog(Path(catalog_yaml))), date, "sub-compact")

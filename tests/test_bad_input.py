@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnifer import ingest
 from omnifer.catalog import DataCatalog
-from omnifer.registry import primitive_model
+from omnifer.models.versions import primitive_model
+from omnifer.pipeline import ingest
 from omnifer.sources import LocalSource
 from omnifer.testing.badinput import case_uri, corpus_files, sabotage, write_corpus
 from omnifer.testing.faults import promote_tiny_model

@@ -13,7 +13,8 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from omnifer import compaction, storage
+from omnifer import storage
+from omnifer.catalog import compaction
 from omnifer.errors import ConfigError
 from omnifer.testing.faults import (
     catalog_rows,

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from omnifer.datasets import (
+from omnifer.errors import DatasetError
+from omnifer.labeled import (
     LabeledData,
     hard_labels,
     read_affectnet,
@@ -18,7 +19,6 @@ from omnifer.datasets import (
     read_image_folder,
     read_rafdb,
 )
-from omnifer.errors import DatasetError
 from omnifer.labels import CLASSES, CLASSES_WITH_CONTEMPT
 
 

@@ -11,20 +11,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from omnifer.catalog.schemas import DISTILLED
 from omnifer.distill import (
     DistillConfig,
     DistilledSet,
     ParquetClassSampler,
     TensorClassSampler,
-    denormalize,
     distill,
-    normalize,
     save_grids,
 )
-from omnifer.distill_eval import evaluate_small_set, herding, random_subset
-from omnifer.distill_methods import DSA, METHODS, dm_embedding_gap, gm_matching_loss
+from omnifer.distill.augmentation import DSA
+from omnifer.distill.evaluation import evaluate_small_set, herding, random_subset
+from omnifer.distill.methods import dm_embedding_gap, gm_matching_loss
+from omnifer.distill.registry import METHODS
 from omnifer.errors import ConfigError, DatasetError
-from omnifer.schemas import DISTILLED
+from omnifer.imaging.tensors import denormalize, normalize
 
 CLASSES = ["red_h", "green_v", "blue_c"]
 SIZE = 16

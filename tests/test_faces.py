@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 
 from omnifer.errors import ModelFileError
-from omnifer.faces import (
-    Detection,
-    available_detectors,
-    create_detector,
-    detect_and_align,
-    face_id,
-)
+from omnifer.faces import Detection, available_detectors, create_detector, detect_and_align, face_id
 
 DETECTORS = ["yunet", "scrfd"]
 

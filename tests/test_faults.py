@@ -291,7 +291,7 @@ def _drop_root_file_powers() -> None:
 
 # -- tampered model files ------------------------------------------------------------------------
 def test_models_fetch_refuses_a_tampered_file_in_one_line(tmp_path: Path) -> None:
-    from omnifer.modelfiles import MODEL_FILES
+    from omnifer.models.modelfiles import MODEL_FILES
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -310,7 +310,7 @@ def test_models_fetch_refuses_a_tampered_file_in_one_line(tmp_path: Path) -> Non
 def test_tampered_detector_or_model_is_refused_then_rerun_is_clean(
     omnifer_home: Path, clean_rows, folder: Path, tmp_path: Path
 ) -> None:
-    from omnifer.modelfiles import MODEL_FILES
+    from omnifer.models.modelfiles import MODEL_FILES
 
     catalog, cat_path = _new_catalog(tmp_path)
     # 1. The detector's weights in the cache no longer match their sha256.

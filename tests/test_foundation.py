@@ -12,11 +12,12 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from omnifer import modelfiles, storage
+from omnifer import storage
 from omnifer.catalog import DataCatalog, run_sql
+from omnifer.catalog.schemas import IMAGES
 from omnifer.config import load_catalog, load_settings
 from omnifer.errors import ConfigError, ModelFileError
-from omnifer.schemas import IMAGES
+from omnifer.models import modelfiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,9 +130,9 @@ def test_missing_model_file_is_one_clear_line(tmp_path: Path) -> None:
 def test_library_never_imports_prefect() -> None:
     code = (
         "import sys, importlib, pkgutil, omnifer\n"
-        "for m in pkgutil.iter_modules(omnifer.__path__):\n"
-        "    if m.name not in ('cli', '__main__'):\n"
-        "        importlib.import_module('omnifer.' + m.name)\n"
+        "for m in pkgutil.walk_packages(omnifer.__path__, 'omnifer.'):\n"
+        "    if not m.name.startswith(('omnifer.cli', 'omnifer.__main__')):\n"
+        "        importlib.import_module(m.name)\n"
         "print('prefect' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -17,19 +17,19 @@ import boto3
 import pytest
 import yaml
 
-from omnifer import registry
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_catalog
+from omnifer.demo.truth import load_truth, match_faces
+from omnifer.models import versions
 from omnifer.testing.faults import catalog_rows
-from omnifer.truth import load_truth, match_faces
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-29"
 
 
 def _promote(catalog: DataCatalog, model: Path) -> None:
-    registry.register_model(catalog, model, "v1", metrics={"accuracy": 0.5})
-    registry.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
+    versions.register_version(catalog, model, "v1", metrics={"accuracy": 0.5})
+    versions.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
 
 
 def _counts(catalog: DataCatalog) -> dict[str, int]:

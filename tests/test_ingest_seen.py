@@ -14,8 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from omnifer import ingest, storage
 from omnifer.catalog import DataCatalog
+from omnifer.catalog.plans import delete_marker
+from omnifer.pipeline import ingest
+from omnifer.pipeline.workers import SeenIndex
 from omnifer.sources import parse_source
 
 DATE = "2026-11-30"
@@ -49,9 +51,9 @@ def test_shards_of_one_plan_ingest_shared_content_once(
 
     # Rerun every shard in a "fresh process" (no index in memory): the same rows, because a
     # shard does not see its own rows and duplicate rows own nothing.
-    ingest._SeenIndex._indexes.clear()
+    SeenIndex.forget_all()
     for shard in plan.shards:
-        storage.delete(ingest._marker_uri(data_catalog, DATE, shard.shard_id))
+        delete_marker(data_catalog, DATE, shard.shard_id)
     for shard in reversed(plan.shards):  # the other order: ownership must not follow it
         run(shard)
     assert _statuses(data_catalog) == first

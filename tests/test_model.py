@@ -8,21 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from omnifer.curation.scoring import ScoreBatch, Scorer
 from omnifer.errors import ModelFileError
-from omnifer.model import (
-    ModelCard,
-    count_parameters,
-    create_model,
-    list_models,
-    load_checkpoint,
-    save_checkpoint,
-)
-from omnifer.scoring import ScoreBatch, Scorer
+from omnifer.models.checkpoints import ModelCard, load_checkpoint, save_checkpoint
+from omnifer.models.registry import count_parameters, create_model, list_architectures
 
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_architectures())
 def test_every_registered_model_runs_on_tiny_tensors(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=3).eval()

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omnifer.datasets import LabeledData
-from omnifer.evaluate import evaluate_model
-from omnifer.model import load_checkpoint
-from omnifer.train import TrainConfig, stratified_split, train_model
+from omnifer.labeled import LabeledData
+from omnifer.models.checkpoints import load_checkpoint
+from omnifer.training.config import TrainConfig
+from omnifer.training.evaluate import evaluate_model
+from omnifer.training.train import stratified_split, train_model
 
 CLASSES = ("top", "middle", "bottom")
 
@@ -49,7 +50,7 @@ def test_learns_planted_task_and_writes_a_complete_checkpoint(tmp_path: Path) ->
     assert metrics["accuracy"] >= 0.8, metrics  # chance is 1/3
     assert np.array(metrics["confusion"]).sum() == 30
     # prototypes: every class has one, and a class's images sit closest to their own
-    from omnifer.scoring import Scorer
+    from omnifer.curation.scoring import Scorer
 
     scores = Scorer(loaded).score(separable(10, 2).images)
     assert scores.similarity.mean() > 0.3
@@ -67,7 +68,7 @@ def test_same_seed_same_weights_and_resume_matches(tmp_path: Path, monkeypatch) 
     assert not all(torch.equal(a[k], other[k]) for k in a)
 
     # crash during epoch 2, then rerun: resumes and ends with the same weights as 'a'
-    import omnifer.train as train_mod
+    import omnifer.training.train as train_mod
 
     real = train_mod._run_epoch
 

@@ -20,11 +20,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from omnifer import ingest, registry, retry, runs
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, runs
+from omnifer.catalog.schemas import FACES, IMAGES, SCORES
 from omnifer.config import load_catalog, load_settings
 from omnifer.errors import StorageError
-from omnifer.schemas import FACES, IMAGES, SCORES
+from omnifer.models import versions
+from omnifer.pipeline import ingest, retry
 from omnifer.sources import parse_source
 from omnifer.testing.faults import catalog_rows
 
@@ -43,8 +44,8 @@ def _catalog(tmp_path: Path, name: str, model: Path | None,
     monkeypatch.delenv("OMNIFER_CATALOG_ROOT", raising=False)
     catalog = DataCatalog(load_catalog(path))
     if model is not None:
-        registry.register_model(catalog, model, "v1", metrics={"accuracy": 0.5})
-        registry.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
+        versions.register_version(catalog, model, "v1", metrics={"accuracy": 0.5})
+        versions.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
     return catalog
 
 
@@ -52,7 +53,7 @@ def _preplan(catalog: DataCatalog, source: str, shard_size: int = 4) -> ingest.I
     """Write the night's plan as the flow would, so the test knows the shard ids up front
     (the flow resumes an unfinished plan instead of listing again)."""
     settings = load_settings()
-    version, uri = registry.primitive_model(catalog)
+    version, uri = versions.primitive_model(catalog)
     params = ingest.IngestParams(**settings.ingest.model_dump(exclude={"shard_size", "workers"}),
                                  model_version=version, model_uri=uri)
     return ingest.plan_ingest(catalog, [parse_source(source)], DATE, params, shard_size)

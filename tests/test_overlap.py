@@ -16,9 +16,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from omnifer import ingest, sources, storage
+from omnifer import sources, storage
 from omnifer.catalog import DataCatalog
-from omnifer.registry import primitive_model
+from omnifer.models.versions import primitive_model
+from omnifer.pipeline import ingest
 from omnifer.sources import LocalSource
 from omnifer.testing.faults import (
     catalog_rows,

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omnifer import ingest, registry, runs
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, runs
 from omnifer.config import load_catalog, load_settings
+from omnifer.models import versions
+from omnifer.pipeline import ingest
 from omnifer.sources import parse_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +134,8 @@ def test_deployment_on_a_local_server_runs_and_a_failed_run_is_finished_by_rerun
     cat_path = tmp_path / "data_catalog.yaml"
     cat_path.write_text(yaml.safe_dump(raw))
     catalog = DataCatalog(load_catalog(cat_path))
-    registry.register_model(catalog, ops_model, "v1", metrics={"accuracy": 0.5})
-    registry.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
+    versions.register_version(catalog, ops_model, "v1", metrics={"accuracy": 0.5})
+    versions.record_event(catalog, "v1", "promoted", {"accuracy": 0.5})
     env.update(OMNIFER_CATALOG=str(cat_path), OMNIFER_HOME=str(omnifer_home),
                OMNIFER_REPO=str(REPO), OMNIFER_PROGRESS="log")
     env.pop("OMNIFER_CATALOG_ROOT", None)
@@ -178,7 +179,7 @@ def test_deployment_on_a_local_server_runs_and_a_failed_run_is_finished_by_rerun
 
         # Night 2: plan it as the flow will (to know the shard ids), block one shard's commit.
         settings = load_settings()
-        version, uri = registry.primitive_model(catalog)
+        version, uri = versions.primitive_model(catalog)
         plan = ingest.plan_ingest(
             catalog, [parse_source(str(batches[1]))], DATE2,
             ingest.IngestParams(**settings.ingest.model_dump(exclude={"shard_size", "workers"}),

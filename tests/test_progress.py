@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnifer.progress import Meter, track
+from omnifer.runtime.progress import Meter, track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,8 +121,9 @@ def test_training_reports_progress_per_epoch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """train_model (and so ``omnifer train`` and ``omnifer retrain``) goes through track."""
-    from omnifer.datasets import LabeledData
-    from omnifer.train import TrainConfig, train_model
+    from omnifer.labeled import LabeledData
+    from omnifer.training.config import TrainConfig
+    from omnifer.training.train import train_model
 
     monkeypatch.setenv("OMNIFER_PROGRESS", "log")
     caplog.set_level(logging.INFO, logger="omnifer.progress")

@@ -28,12 +28,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from omnifer import registry, runs
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, runs
 from omnifer.config import load_catalog
 from omnifer.errors import OmniferError
+from omnifer.models import versions
 from omnifer.report import SAMPLES_PER_CLASS, build_report
-from omnifer.report_render import _fmt
+from omnifer.report.render import format_value
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHT1, NIGHT2 = "2026-11-28", "2026-11-29"
@@ -58,11 +58,12 @@ class Nights:
 def nights(prefect_harness, omnifer_home: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
     from flows.ingest import nightly_ingest
-    from omnifer.datasets import read_rafdb
-    from omnifer.evaluate import evaluate_model
-    from omnifer.model import load_checkpoint
-    from omnifer.synth import generate_world
-    from omnifer.train import TrainConfig, train_model
+    from omnifer.demo.world import generate_world
+    from omnifer.labeled import read_rafdb
+    from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.training.config import TrainConfig
+    from omnifer.training.evaluate import evaluate_model
+    from omnifer.training.train import train_model
 
     tmp = tmp_path_factory.mktemp("report")
     world = tmp / "world"
@@ -96,8 +97,8 @@ def nights(prefect_harness, omnifer_home: Path,
         loaded = load_checkpoint(model)
         m1 = evaluate_model(loaded, read_rafdb(world / "labeled", "test",
                                                size=loaded.card.input_size))
-        registry.register_model(catalog, model, "v1", metrics=m1)
-        registry.record_event(catalog, "v1", "promoted", {"accuracy": m1["accuracy"]})
+        versions.register_version(catalog, model, "v1", metrics=m1)
+        versions.record_event(catalog, "v1", "promoted", {"accuracy": m1["accuracy"]})
 
         first = nightly_ingest(date=NIGHT1, sources=[str(tmp / "night1")], shard_size=16,
                                workers=2)
@@ -107,8 +108,8 @@ def nights(prefect_harness, omnifer_home: Path,
         # A second version, evaluated on other data (so its figures differ), then rejected.
         m2 = evaluate_model(loaded, read_rafdb(world / "labeled", "train",
                                                size=loaded.card.input_size))
-        registry.register_model(catalog, model, "v2", parent="v1", metrics=m2)
-        registry.record_event(catalog, "v2", "rejected", {"accuracy": m2["accuracy"],
+        versions.register_version(catalog, model, "v2", parent="v1", metrics=m2)
+        versions.record_event(catalog, "v2", "rejected", {"accuracy": m2["accuracy"],
                                                           "gain": m2["accuracy"] - 0.5})
         _distil(catalog, second["curated_version"])
         started = time.monotonic()
@@ -123,14 +124,15 @@ def _distil(catalog: DataCatalog, curated_version: str) -> None:
     import numpy as np
     import torch
 
-    from omnifer.distill import DistillConfig, TensorClassSampler, decode_image, distill
+    from omnifer.distill import DistillConfig, TensorClassSampler, distill
+    from omnifer.distill.samplers import crop_to_chw
 
     con = catalog.connect()
     rows = con.execute("SELECT c.label, f.crop FROM curated c JOIN faces f USING (face_id) "
                        "WHERE c.curated_version = ? ORDER BY c.face_id",
                        [curated_version]).fetchall()
     classes = sorted({label for label, _ in rows})
-    images = torch.from_numpy(np.stack([decode_image(bytes(c), 16) for _, c in rows]))
+    images = torch.from_numpy(np.stack([crop_to_chw(bytes(c), 16) for _, c in rows]))
     labels = torch.tensor([classes.index(label) for label, _ in rows])
     config = DistillConfig(ipc=2, iterations=1, image_size=16, batch_real=4, net_width=8,
                            net_depth=2, device="cpu")
@@ -262,8 +264,9 @@ def test_report_numbers_match_the_catalog(nights: Nights) -> None:
 
     # Models over versions, and the distilled set.
     for version in ("v1", "v2"):
-        assert v[f"model:{version}:accuracy"] == _fmt(nights.metrics[version]["accuracy"])
-    assert v["model-accuracy"] == _fmt(nights.metrics["v1"]["accuracy"])  # the night's model
+        assert v[f"model:{version}:accuracy"] == format_value(nights.metrics[version]["accuracy"])
+    # the night's model
+    assert v["model-accuracy"] == format_value(nights.metrics["v1"]["accuracy"])
     assert _num(v["distilled-images"]) == 2 * len(per_class)
     assert len([i for i in page.images if i.get("alt", "").startswith("distilled ")]) == len(
         per_class)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from omnifer import registry
 from omnifer.catalog import DataCatalog
 from omnifer.errors import ConfigError
+from omnifer.models import versions
 
 DATE = "2026-11-29"
 TINY_DISTILL = {"iterations": 4, "ipc": 2, "batch_real": 8, "image_size": 16, "net_width": 16,
@@ -31,8 +31,8 @@ def mined_catalog(prefect_harness, small_world: Path, tiny_model: Path,
                   data_catalog: DataCatalog, monkeypatch: pytest.MonkeyPatch) -> DataCatalog:
     """A catalog whose primitive model v1 is promoted; the selection accepts every face."""
     monkeypatch.setenv("OMNIFER_SELECTION", json.dumps(LOOSE_SELECTION))
-    registry.register_model(data_catalog, tiny_model, "v1", metrics={"accuracy": 0.1})
-    registry.record_event(data_catalog, "v1", "promoted", {"accuracy": 0.1})
+    versions.register_version(data_catalog, tiny_model, "v1", metrics={"accuracy": 0.1})
+    versions.record_event(data_catalog, "v1", "promoted", {"accuracy": 0.1})
     return data_catalog
 
 
@@ -75,7 +75,7 @@ def test_nightly_flow_triggers_distill_and_retrain_with_lineage(
     verdict = json.loads(events[verdict_event][3])
     assert verdict["parent_version"] == "v1"
     assert (verdict["accuracy"] > verdict["parent_accuracy"]) == (verdict_event == "promoted")
-    assert registry.primitive_model(mined_catalog)[0] == (
+    assert versions.primitive_model(mined_catalog)[0] == (
         "v2" if verdict_event == "promoted" else "v1")
 
     # Lineage: from the model version back to the source images it learned from.
@@ -101,10 +101,10 @@ def test_teacher_targets_mix_the_parent_softmax_with_the_image_class(tiny_model:
     """Distilled images train on ``w`` × the parent's softmax + ``1 − w`` on their own class."""
     import numpy as np
 
-    from omnifer.datasets import LabeledData
-    from omnifer.model import load_checkpoint
-    from omnifer.retrain import with_teacher_targets
-    from omnifer.scoring import Scorer
+    from omnifer.curation.scoring import Scorer
+    from omnifer.labeled import LabeledData
+    from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.training.retrain import with_teacher_targets
 
     teacher = load_checkpoint(tiny_model)
     classes = tuple(reversed(teacher.classes))  # another class order: targets follow the teacher
@@ -171,7 +171,7 @@ def test_cli_distill_and_retrain_on_an_image_folder_and_the_promotion_rule(
                               "--format", "folder", "--min-gain", "1.0"])
     assert res.exit_code == 0, res.output
     assert "rejected" in res.output
-    assert registry.primitive_model(mined_catalog)[0] == "v1"
+    assert versions.primitive_model(mined_catalog)[0] == "v1"
     con = mined_catalog.connect()  # a connection sees the files that existed when it opened
     rows = con.execute("SELECT event, metrics, train_datasets FROM models "
                        "WHERE model_version = 'v2' ORDER BY event").fetchall()
@@ -215,4 +215,4 @@ def test_nightly_trigger_hands_work_to_the_gpu_deployment(
     assert run.state.is_scheduled()
     # Nothing ran here: no distilled rows, no new model version.
     assert mined_catalog.read("distilled").num_rows == 0
-    assert registry.primitive_model(mined_catalog)[0] == "v1"
+    assert versions.primitive_model(mined_catalog)[0] == "v1"

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from helpers_http import http_server
 
-from omnifer import ingest, runs
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, runs
 from omnifer.errors import ModelFileError
-from omnifer.registry import primitive_model
+from omnifer.models.versions import primitive_model
+from omnifer.pipeline import ingest
 from omnifer.sources import LocalSource, UrlManifestSource
-from omnifer.testing.badinput import _faces, _pil, _save
+from omnifer.testing.badinput import drawn_faces, encode_pil, to_pil
 from omnifer.testing.faults import promote_tiny_model, run_night, tiny_checkpoint
 
 DATE = "2026-11-29"
 REPO = Path(__file__).resolve().parents[1]
-FACE_JPEG = _save(_pil(_faces(1, 1, 192, 5)), "JPEG", quality=90)
+FACE_JPEG = encode_pil(to_pil(drawn_faces(1, 1, 192, 5)), "JPEG", quality=90)
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +168,8 @@ class _Boom:
 
 
 def test_model_files_load_without_running_pickle_code(tmp_path: Path) -> None:
-    from omnifer.model import WEIGHTS_FILE, load_checkpoint
-    from omnifer.modelfiles import sha256_file
+    from omnifer.models.checkpoints import WEIGHTS_FILE, load_checkpoint
+    from omnifer.models.modelfiles import sha256_file
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     marker = tmp_path / "pwned"

@@ -5,9 +5,14 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from omnifer.curation.selection import (
+    SelectionPolicy,
+    load_policy,
+    select_samples,
+    selection_report,
+)
 from omnifer.errors import ConfigError, DatasetError
-from omnifer.evaluate import pseudo_label_precision
-from omnifer.selection import SelectionPolicy, load_policy, select_samples, selection_report
+from omnifer.training.evaluate import pseudo_label_precision
 
 ROWS = [
     # face_id, label, confidence, similarity, flip, det_score, face_size

@@ -24,7 +24,7 @@ from omnifer.sources import (
     S3Source,
     SourceObject,
     UrlManifestSource,
-    _is_public,
+    is_public_address,
     list_objects,
     parse_source,
     read_object,
@@ -162,7 +162,7 @@ def test_s3_listing_paginates_and_reads_back(
 ) -> None:
     # Pages of 10 instead of S3's 1000 exercise the paginator without uploading 1000+ keys
     # (moto takes ~6 s for that on 2 cores).
-    monkeypatch.setattr(sources, "_S3_PAGE_SIZE", 10)
+    monkeypatch.setattr("omnifer.sources.s3._S3_PAGE_SIZE", 10)
     spec = S3Source(bucket="pics", prefix="night/", endpoint_url=s3_bucket)
     started = time.perf_counter()
     objects = list(list_objects(spec))
@@ -255,7 +255,7 @@ def test_loopback_refused_by_default_allowed_when_asked(web) -> None:
     ("224.0.0.1", False), ("8.8.8.8", True), ("2001:4860:4860::8888", True),
 ])
 def test_address_policy(address: str, public: bool) -> None:
-    assert _is_public(address) is public
+    assert is_public_address(address) is public
 
 
 def test_redirects_are_bounded_and_checked(web) -> None:

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from omnifer import synth
+from omnifer import demo as synth
+from omnifer.demo.truth import iou
 from omnifer.labels import CLASSES, RAFDB_TO_CANONICAL
-from omnifer.truth import iou
 
 SMALL = {"labeled_per_class": 5, "test_per_class": 2, "unlabeled_images": 40}
 
@@ -109,13 +109,13 @@ def test_truth_matches_the_scenes(world) -> None:
 
 
 def test_broken_kinds_are_all_made() -> None:
-    specs = synth._plan_scenes(1, 2000)
+    specs = synth.plan_scenes(1, 2000)
     broken = [s for s in specs if s.kind == "broken"]
     assert len(broken) == 10 and {s.broken for s in broken} == set(synth.BROKEN_KINDS)
     assert sum(s.kind == "no_face" for s in specs) == 100
     assert 0.05 < np.mean([s.relpath.endswith(".png") for s in specs]) < 0.15
     for s in broken:
-        data = synth._broken_bytes(1, s)
+        data = synth.broken_bytes(1, s)
         assert not _decodes(data)
         assert (data == b"") == (s.broken == "zero_byte")
 
@@ -126,7 +126,8 @@ def test_yunet_finds_the_true_faces(yunet_model_path: Path) -> None:
     landmark_errors = []
     for i in range(60):
         img, faces = synth.render_scene(11, i)
-        img = cv2.imdecode(np.frombuffer(synth._encode(img, "jpg"), np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(synth.encode_image(img, "jpg"), np.uint8),
+                           cv2.IMREAD_COLOR)
         det.setInputSize((img.shape[1], img.shape[0]))
         _, rows = det.detect(img)
         rows = np.zeros((0, 15), np.float32) if rows is None else rows
