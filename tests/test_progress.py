@@ -73,7 +73,7 @@ def test_meter_counts_advances_and_reports_done_after_an_early_exit(
 
 SNIPPET = (
     "import time\n"
-    "from omnifer.progress import track\n"
+    "from omnifer.runtime.progress import track\n"
     "for _ in track(range(20), 'bar-demo', unit='img'):\n"
     "    time.sleep(0.02)\n"
 )

@@ -160,3 +160,31 @@ def test_documented_old_paths_still_import(module: str) -> None:
     with pytest.warns(DeprecationWarning):
         sys.modules.pop(module, None)
         importlib.import_module(module)
+
+
+# Each library package and its layer: a module may import its own layer and the ones below,
+# never above (docs/architecture.md, "Layers of the library").
+LAYERS: dict[str, int] = {
+    "omnifer": 0, "errors": 0, "labels": 0, "version": 0, "config": 0, "devices": 0, "logs": 0,
+    "runtime": 0,
+    "storage": 1, "imaging": 1,
+    "sources": 2, "catalog": 2, "labeled": 2,
+    "models": 3, "faces": 3,
+    "curation": 4, "demo": 4,
+    "distill": 5,
+    "training": 6, "pipeline": 6, "report": 6,
+    "testing": 7, "truth": 7, "cli": 7, "__main__": 7,
+}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_package_has_a_layer_and_imports_only_downwards() -> None:
+    graph = _graph()
+    assert sorted({_package(m) for m in graph} - set(LAYERS)) == []
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                    if LAYERS[_package(b)] > LAYERS[_package(a)])
+    assert upward == []
