@@ -6,7 +6,7 @@ Usage::
 
 ``WORLD_OR_FOLDER`` is one of
 
-* a RAF-DB-style tree (the demo world of ``omnifer.synth.generate_world``): ``EmoLabel/
+* a RAF-DB-style tree (the demo world of ``omnifer.demo.world.generate_world``): ``EmoLabel/
   list_patition_label.txt`` (``train_00001.jpg 4``) and ``Image/aligned/*_aligned.jpg``,
   either at the path or under ``PATH/labeled``;
 * an image folder with ``train/<class>/*`` and ``test/<class>/*``;

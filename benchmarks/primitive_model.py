@@ -7,7 +7,7 @@ Usage::
 Per seed it trains the primitive model on the labeled set (40 per class), measures test
 accuracy, scores an "unlabeled" pool whose labels it knows, applies selection policies
 (number selected, pseudo-label precision) and retrains on labeled + selected (copies repeat
-rows), measuring test accuracy again. Data: the demo world (``omnifer.synth.generate_world``:
+rows), measuring test accuracy again. Data: the demo world (``omnifer.demo.world.generate_world``:
 labeled train/test from world ``seed``, the pool = labeled crops of world ``seed + 1000``)
 when that module exists, else built-in cartoon faces (expression = brow angle, eye opening,
 mouth curve/opening, with pose, scale, skin tone, lighting, blur and noise as nuisance).

@@ -8,7 +8,7 @@ Generates (seeded, once per parameters, under ``--work``) a catalog laid out exa
 nightly flow writes it: ``images``, ``faces`` and ``scores`` hive-partitioned by
 ``ingest_date``, one Parquet file per shard of ``--shard-size`` images with its commit marker;
 with ``--layout compacted`` (the default, what the flow leaves behind) each night is then
-merged by ``omnifer.compaction.compact_night``, the flow's compaction step, and its time is
+merged by ``omnifer.catalog.compaction.compact_night``, the flow's compaction step, and its time is
 printed. ``--layout shards`` leaves the shard files (a catalog with ``ingest.compact: false``);
 ``--layout nights`` writes one file per night directly (the ideal). Also ``curated`` (a
 third of the faces, one version per night) and ``models`` (v1, and v2 trained on one night's

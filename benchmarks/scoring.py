@@ -5,10 +5,10 @@ Usage::
     python benchmarks/scoring.py [--faces 512] [--batch-sizes 1 8 32 128 256] [--threads N]
 
 The crops are the demo world's aligned labeled faces (112×112 JPEGs, decoded once; repeated to
-``--faces``). Each batch size scores all of them through ``omnifer.scoring.Scorer.score`` with
-``batch_size=B`` (flip TTA, embeddings, similarity: exactly what the ingest does); batch size 1
-is the one-face-at-a-time baseline, called once per face as a naive loop would. Target:
-the ingest's batch size (``score_batch_size``, 128) ≥ 3× batch size 1.
+``--faces``). Each batch size scores all of them through ``omnifer.curation.scoring.Scorer.score``
+with ``batch_size=B`` (flip TTA, embeddings, similarity: exactly what the ingest does); batch size
+1 is the one-face-at-a-time baseline, called once per face as a naive loop would. Target: the
+ingest's batch size (``score_batch_size``, 128) ≥ 3× batch size 1.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two nightly runs started at once on one catalog write every row once.
 
-The guarantee comes from idempotent commits (see ``omnifer.ingest.plan_ingest``): the plan
+The guarantee comes from idempotent commits (see ``omnifer.pipeline.ingest.plan_ingest``): the plan
 file is created exclusively and the loser adopts the winner's plan; shards have fixed file
 names. The first test forces the worst interleaving (both list before either writes a plan,
 and a file arrives in between, so the two listings differ); the second runs two real Prefect

@@ -16,7 +16,6 @@ import pytest
 from helpers_http import busy_s3_server, http_server
 from PIL import Image
 
-from omnifer import sources
 from omnifer.errors import SourceError
 from omnifer.sources import (
     FetchError,
