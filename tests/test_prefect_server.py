@@ -1,6 +1,6 @@
 """The deployment path for real: a Prefect server, work pools, a process worker, a deployment.
 
-What an operator does after ``make demo`` (README, "Operations"), run as it is written there:
+What an operator does after ``make demo`` (docs/operations.md), run as it is written there:
 ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME (SQLite in a temp folder),
 ``deploy/create-pools.sh``, ``prefect deploy`` from ``deploy/prefect.yaml``, ``prefect worker
 start``, ``prefect deployment run``; then the flow run must reach COMPLETED on the server and
@@ -140,7 +140,7 @@ def test_deployment_on_a_local_server_runs_and_a_failed_run_is_finished_by_rerun
                OMNIFER_REPO=str(REPO), OMNIFER_PROGRESS="log")
     env.pop("OMNIFER_CATALOG_ROOT", None)
 
-    # The operator's steps, as the README writes them.
+    # The operator's steps, as docs/operations.md writes them.
     out = _run(["bash", "deploy/create-pools.sh"], {**env, "PREFECT": PREFECT})
     assert "cpu" in out
     _run(["bash", "deploy/create-pools.sh"], {**env, "PREFECT": PREFECT})  # idempotent
