@@ -44,7 +44,7 @@ def _retry(run: RunRecord, settings: Settings, catalog: DataCatalog, stage: str,
     targets = find_failed_task(catalog, stage, date)
     logger.info("%d shard(s) with failed %s rows", len(targets), stage)
 
-    results: list[retry.ShardRetry] = []
+    results: list[retry.RetryResult] = []
     failed: list[str] = []
     for start in range(0, len(targets), max(1, workers)):
         batch = targets[start : start + max(1, workers)]

@@ -267,11 +267,12 @@ def environment() -> Environment:
         next((os.environ[v] for v in names if os.environ.get(v)), None)
         for names in _ENVIRONMENT_VARIABLES.values()
     )
-    return _environment(snapshot)
+    return _environment(snapshot, os.environ.get("HOME"))
 
 
 @lru_cache(maxsize=32)
-def _environment(snapshot: tuple[str | None, ...]) -> Environment:
+def _environment(snapshot: tuple[str | None, ...], user_home: str | None) -> Environment:
+    """``user_home`` (``$HOME``) is part of the cache key: the default cache hangs off it."""
     raw = dict(zip(_ENVIRONMENT_VARIABLES, snapshot, strict=True))
     home = Path(raw["home"] or Path.home() / ".cache" / "omnifer").expanduser()
     mirrors = tuple(Path(p).expanduser() for p in (raw["model_mirror"] or "").split(os.pathsep)

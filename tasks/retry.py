@@ -26,6 +26,6 @@ def find_failed_task(
 )
 def retry_shard_task(
     catalog: DataCatalog, ingest_date: str, shard_id: str, stage: str, run_id: str
-) -> retry.ShardRetry:
+) -> retry.RetryResult:
     attach_prefect_logger()
     return retry.retry_shard(catalog, ingest_date, shard_id, stage, run_id)

@@ -15,7 +15,7 @@ from omnifer.errors import DecodeError
 from omnifer.imaging.decode import decode_image
 
 
-def encode_pil(img: Image.Image, fmt: str, **kw) -> bytes:
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -48,7 +48,7 @@ def _status(data: bytes, **kw) -> str:
 def test_plain_jpeg_and_png_are_bgr() -> None:
     img = Image.new("RGB", (30, 20), (255, 0, 0))  # red
     for fmt in ("PNG", "JPEG"):
-        out = decode_image(encode_pil(img, fmt))
+        out = decode_image(_save(img, fmt))
         assert out.image.shape == (20, 30, 3) and out.image.dtype == np.uint8
         assert (out.width, out.height, out.format) == (30, 20, fmt.lower())
         assert out.image[10, 15, 2] > 240 and out.image[10, 15, 0] < 15  # B, G, R order
@@ -58,8 +58,8 @@ def test_plain_jpeg_and_png_are_bgr() -> None:
 def test_empty_text_and_truncated() -> None:
     assert _status(b"") == "empty"
     assert _status(b"this is not a picture, even if the file is called x.jpg") == "not_image"
-    jpeg = encode_pil(_noise(64, 64), "JPEG")
-    png = encode_pil(_noise(64, 64), "PNG")
+    jpeg = _save(_noise(64, 64), "JPEG")
+    png = _save(_noise(64, 64), "PNG")
     assert _status(jpeg[: len(jpeg) // 2]) == "corrupt"
     assert _status(png[: len(png) // 2]) == "corrupt"
     assert _status(png[:20]) == "corrupt"  # cut inside the header
@@ -70,16 +70,16 @@ def test_too_large_is_refused_from_the_header() -> None:
     assert _status(_png_claiming(50_000, 50_000)) == "too_large"  # beyond Pillow's own guard
     assert _status(_png_claiming(10_000, 5_000)) == "too_large"  # 50 MP > our 40 MP default
     assert time.perf_counter() - started < 0.5  # no pixel was decoded
-    assert _status(encode_pil(_noise(20, 10), "PNG"), max_pixels=199) == "too_large"
-    assert decode_image(encode_pil(_noise(20, 10), "PNG"), max_pixels=200).width == 20
+    assert _status(_save(_noise(20, 10), "PNG"), max_pixels=199) == "too_large"
+    assert decode_image(_save(_noise(20, 10), "PNG"), max_pixels=200).width == 20
 
 
 def test_known_but_undecoded_format_is_unsupported() -> None:
-    assert _status(encode_pil(_noise(8, 8), "PPM")) == "unsupported"
+    assert _status(_save(_noise(8, 8), "PPM")) == "unsupported"
 
 
 def test_cmyk_jpeg() -> None:
-    out = decode_image(encode_pil(Image.new("CMYK", (16, 8), (255, 0, 0, 0)), "JPEG"))  # cyan
+    out = decode_image(_save(Image.new("CMYK", (16, 8), (255, 0, 0, 0)), "JPEG"))  # cyan
     assert out.image.shape == (8, 16, 3)
     b, g, r = out.image[4, 8].astype(int)
     assert b > 200 and g > 200 and r < 50
@@ -89,34 +89,34 @@ def test_16_bit_png_is_scaled_to_8_bit() -> None:
     arr = np.array([[0, 256, 32768, 65535]], dtype=np.uint16)
     img = Image.fromarray(arr)
     assert img.mode == "I;16"
-    out = decode_image(encode_pil(img, "PNG"))
+    out = decode_image(_save(img, "PNG"))
     assert out.image.shape == (1, 4, 3)
     assert out.image[0, :, 0].tolist() == [0, 1, 128, 255]
     assert (out.image[..., 0] == out.image[..., 2]).all()
 
 
 def test_grayscale_alpha_palette_and_one_pixel() -> None:
-    gray = decode_image(encode_pil(Image.new("L", (5, 4), 77), "PNG"))
+    gray = decode_image(_save(Image.new("L", (5, 4), 77), "PNG"))
     assert gray.image.shape == (4, 5, 3) and (gray.image == 77).all()
 
     rgba = Image.new("RGBA", (2, 1), (0, 0, 255, 255))
     rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent → white
-    out = decode_image(encode_pil(rgba, "PNG")).image
+    out = decode_image(_save(rgba, "PNG")).image
     assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == [255, 255, 255]
 
     pal = Image.new("P", (2, 1), 0)
     pal.putpalette([0, 255, 0, 9, 9, 9])
     pal.putpixel((1, 0), 1)
-    out = decode_image(encode_pil(pal, "PNG", transparency=1)).image
+    out = decode_image(_save(pal, "PNG", transparency=1)).image
     assert out[0, 0].tolist() == [0, 255, 0] and out[0, 1].tolist() == [255, 255, 255]
 
-    one = decode_image(encode_pil(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
+    one = decode_image(_save(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
     assert one.image.shape == (1, 1, 3) and one.image[0, 0].tolist() == [3, 2, 1]
 
 
 def test_animated_gif_gives_the_first_frame() -> None:
     frames = [Image.new("RGB", (6, 6), c) for c in [(255, 0, 0), (0, 0, 255)]]
-    data = encode_pil(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    data = _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
     assert Image.open(io.BytesIO(data)).n_frames == 2
     out = decode_image(data)
     assert out.format == "gif" and out.image[3, 3].tolist() == [0, 0, 255]  # red in BGR
@@ -127,10 +127,10 @@ def test_exif_orientation_is_applied() -> None:
     img.paste((255, 255, 255), (0, 0, 10, 20))  # white stripe on the left
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    out = decode_image(encode_pil(img, "JPEG", exif=exif.tobytes()))
+    out = decode_image(_save(img, "JPEG", exif=exif.tobytes()))
     assert out.orientation_applied
     assert out.image.shape == (40, 20, 3) and (out.width, out.height) == (20, 40)
     assert out.image[:10].mean() > 200 and out.image[-10:].mean() < 50  # left → top
 
-    plain = decode_image(encode_pil(img, "JPEG"))
+    plain = decode_image(_save(img, "JPEG"))
     assert plain.image.shape == (20, 40, 3) and not plain.orientation_applied

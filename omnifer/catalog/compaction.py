@@ -55,7 +55,7 @@ ORPHAN_AGE_S = 3600.0
 that died before publishing; younger ones may belong to a compactor still at work."""
 
 
-class PartitionCompaction(BaseModel):
+class CompactionResult(BaseModel):
     """What compacting one dataset's night did."""
 
     dataset: str
@@ -76,19 +76,19 @@ def shard_of(name: str) -> str | None:
 
 
 def compact_night(catalog: DataCatalog, date: str, run_id: str,
-                  datasets: tuple[str, ...] = NIGHTLY_DATASETS) -> list[PartitionCompaction]:
+                  datasets: tuple[str, ...] = NIGHTLY_DATASETS) -> list[CompactionResult]:
     """Compact ``date`` in each of ``datasets`` (each dataset's switch is atomic on its own)."""
     return [compact_partition(catalog, name, date, run_id) for name in datasets]
 
 
 def compact_partition(catalog: DataCatalog, name: str, date: str, run_id: str,
-                      attempts: int = 5) -> PartitionCompaction:
+                      attempts: int = 5) -> CompactionResult:
     """Merge the committed files of one night of ``name`` into one; see the module docstring.
 
     Idempotent: a night that is one file already is left alone (``skipped`` says why).
     """
     started = time.monotonic()
-    result = PartitionCompaction(dataset=name, ingest_date=date)
+    result = CompactionResult(dataset=name, ingest_date=date)
     dataset_uri = catalog.uri(name)
     folder = f"ingest_date={date}"
     folder_uri = catalog.file_uri(name, "x", ingest_date=date).rsplit("/", 1)[0]

@@ -76,7 +76,7 @@ class RetryTarget(BaseModel):
     count: int
 
 
-class ShardRetry(BaseModel):
+class RetryResult(BaseModel):
     """What retrying one shard did."""
 
     ingest_date: str
@@ -200,7 +200,7 @@ def _seen_excluding(catalog: DataCatalog, retried: set[tuple[str, str]]) -> set[
 # -- retrying one shard --------------------------------------------------------------------------
 def retry_shard(
     catalog: DataCatalog, ingest_date: str, shard_id: str, stage: str, run_id: str
-) -> ShardRetry:
+) -> RetryResult:
     """Reprocess the rows of one shard where ``stage`` failed; see the module docstring.
 
     Returns a result with ``retried == 0`` when nothing in the shard is failed any more (a
@@ -222,9 +222,9 @@ def retry_shard(
 def _retry_images(
     catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, stage: str,
     statuses: tuple[str, ...], run_id: str,
-) -> ShardRetry:
+) -> RetryResult:
     date, sid = shard.ingest_date, shard.shard_id
-    result = ShardRetry(ingest_date=date, shard_id=sid, stage=stage,
+    result = RetryResult(ingest_date=date, shard_id=sid, stage=stage,
                         model_version=plan.params.model_version)
     holding = _files_of_shard(catalog, "images", date, sid, IMAGES)
     failed = {r["source_uri"] for rows in holding.values() for r in rows
@@ -295,11 +295,11 @@ def _update_marker(catalog: DataCatalog, shard: ShardSpec,
 def _retry_scores(
     catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec,
     statuses: tuple[str, ...], run_id: str,
-) -> ShardRetry:
+) -> RetryResult:
     """Score the failed faces again, from the source image (exactly a clean run's crop) or,
     when the source cannot be read any more, from the stored JPEG crop."""
     date, sid = shard.ingest_date, shard.shard_id
-    result = ShardRetry(ingest_date=date, shard_id=sid, stage="score",
+    result = RetryResult(ingest_date=date, shard_id=sid, stage="score",
                         model_version=plan.params.model_version)
     files = _files_of_shard(catalog, "scores", date, sid, SCORES)
     failed = {r["face_id"] for rows in files.values() for r in rows
@@ -354,7 +354,7 @@ def _retry_scores(
 
 def retry_failed(
     catalog: DataCatalog, stage: str, run_id: str, date: str | None = None
-) -> list[ShardRetry]:
+) -> list[RetryResult]:
     """Retry every shard with failed ``stage`` rows, one after another (no Prefect needed).
 
     Selection is not redone here: the caller re-selects the affected nights
