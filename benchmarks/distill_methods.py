@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnifer.distill import DistillConfig, TensorClassSampler, decode_image, normalize
-from omnifer.distill import read_image_folder as read_folder
+from omnifer.distill import DistillConfig, TensorClassSampler, decode_chw, normalize
+from omnifer.distill import read_folder_tensors as read_folder
 from omnifer.distill_eval import compare_methods
 from omnifer.labels import CLASSES, RAFDB_TO_CANONICAL
 
@@ -50,7 +50,7 @@ def read_rafdb(root: Path, image_size: int):
         if not path.exists():
             continue
         split = "train" if name.startswith("train") else "test"
-        splits[split][0].append(decode_image(path.read_bytes(), image_size))
+        splits[split][0].append(decode_chw(path.read_bytes(), image_size))
         splits[split][1].append(CLASSES.index(RAFDB_TO_CANONICAL[int(code)]))
     out = []
     for split in ("train", "test"):

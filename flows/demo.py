@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from omnifer import registry
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
+from omnifer.params import check_date
 
 log = logging.getLogger("omnifer.demo")
 
@@ -64,6 +65,8 @@ def run_demo(
     from omnifer.train import TrainConfig, train_model
     from omnifer.truth import label_precision, load_truth, match_faces
 
+    if date is not None:  # before minutes of work, not after
+        check_date(date, "date")
     out = Path(out).resolve()
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
@@ -107,7 +110,7 @@ def run_demo(
 
     t = _step("4/5 nightly flow (Prefect, temporary local server): ingest, select, "
               "distill, retrain")
-    ingest_date = date or dt.datetime.now(dt.UTC).date().isoformat()
+    ingest_date = check_date(date or dt.datetime.now(dt.UTC).date().isoformat(), "date")
     # Retraining needs the labeled set; the CPU-sized distillation settings are in omnifer.yaml.
     retrain = {"enabled": True, "recipe": "distilled",
                "labeled": {"path": str(world / "labeled"), "format": "rafdb"}}

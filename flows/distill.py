@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.hooks import end_run_record
 from flows.retrain import _run_id, retrain_flow
 from omnifer import distill_stage, runs
 from omnifer.catalog import DataCatalog
@@ -20,7 +21,8 @@ from omnifer.config import load_settings
 from tasks.retrain import distill_task
 
 
-@flow(name="distill", log_prints=True)
+@flow(name="distill", log_prints=True, on_failure=[end_run_record],
+      on_crashed=[end_run_record])
 def distill_flow(
     curated_versions: list[str] | None = None,
     method: str | None = None,

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows.hooks import end_run_record
 from omnifer import runs
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
@@ -24,7 +25,8 @@ def _run_id(prefix: str) -> str:
     return str(flow_run.get_id() or f"{prefix}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, on_failure=[end_run_record],
+      on_crashed=[end_run_record])
 def retrain_flow(
     recipe: str | None = None,
     distilled_version: str | None = None,

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 from omnifer import storage
 from omnifer.config import Catalog, Settings, is_remote, join_uri, load_settings
 from omnifer.errors import DatasetError
+from omnifer.params import check_date, check_name, check_segment
 from omnifer.schemas import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class DataCatalog:
         return self.catalog.uri(name)
 
     def aux_uri(self, *parts: str) -> str:
+        """URI of bookkeeping files under the root; each part must be one path segment
+        (:func:`omnifer.params.check_segment`: a run id of ``../x`` must not leave the root)."""
+        for part in parts:
+            check_segment(part, "catalog path part")
         return self.catalog.aux_uri(*parts)
 
     def partition_cols(self, name: str) -> tuple[str, ...]:
@@ -60,6 +65,13 @@ class DataCatalog:
         cols = self.partition_cols(name)
         if set(partition) != set(cols):
             raise DatasetError(f"dataset {name} is partitioned by {cols}, got {sorted(partition)}")
+        # The values become folders: a date of 2026/12/01 must not become three of them.
+        for col in cols:
+            if col.endswith("date"):
+                check_date(partition[col], col)
+            else:
+                check_name(partition[col], col)
+        check_name(filename, f"{name} file name")
         parts = [f"{c}={partition[c]}" for c in cols]
         return join_uri(self.uri(name), *parts, filename)
 

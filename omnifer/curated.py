@@ -16,14 +16,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
 from omnifer.catalog import DataCatalog
 from omnifer.datasets import LabeledData, resize_images
-from omnifer.errors import DatasetError
+from omnifer.decode import decode_image
+from omnifer.errors import DatasetError, DecodeError
 from omnifer.labels import CLASSES
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,10 @@ def to_labeled(
                                            ("label", "crop", "face_id", "copies")), strict=True):
         if label not in lookup:
             continue
-        img = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            log.warning("curated face %s has an unreadable crop: skipped", face)
+        try:
+            img = decode_image(crop).image  # the project's one decoder
+        except DecodeError as exc:
+            log.warning("curated face %s has an unreadable crop (%s): skipped", face, exc)
             continue
         img = resize_images(img[None], size)[0]
         for _ in range(max(1, int(copies or 1)) if honour_copies else 1):

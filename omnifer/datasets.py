@@ -9,13 +9,24 @@ Label mappings (documented here, implemented below):
 * RAF-DB basic: ``1 Surprise 2 Fear 3 Disgust 4 Happiness 5 Sadness 6 Anger 7 Neutral`` →
   :data:`omnifer.labels.RAFDB_TO_CANONICAL` → canonical :data:`omnifer.labels.CLASSES`.
 * FERPlus: vote columns ``neutral happiness surprise sadness anger disgust fear contempt
-  unknown NF`` → ``neutral happy surprise sad angry disgust fear contempt``; rows whose
-  majority vote is ``unknown`` or ``NF`` are dropped, and so are ``contempt`` rows unless
-  ``include_contempt`` (then the classes are :data:`CLASSES_WITH_CONTEMPT`).
+  unknown NF`` → ``neutral happy surprise sad angry disgust fear contempt``, labelled by the
+  dataset's own protocol (:func:`ferplus_target`): single votes dropped, then ``majority``
+  (default: the top emotion needs more than half of the votes, ``unknown``/``NF`` votes
+  counted), ``plurality`` or ``probability`` (the official label distribution); rows that fail
+  are excluded, ``NF``-top rows are never faces, and each rule's count is in
+  ``meta["dropped_by_rule"]``. ``contempt`` rows need ``include_contempt`` (then the classes
+  are :data:`CLASSES_WITH_CONTEMPT`).
 * AffectNet: ``expression`` ``0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger
-  7 Contempt``; codes 8 (None), 9 (Uncertain), 10 (Non-face) are dropped, contempt as FERPlus.
-* Image folder: ``ROOT/<class>/*.{png,jpg,jpeg,bmp,webp}``, any class names, sorted (or in
-  the order given by ``classes``).
+  7 Contempt``; codes 8 (None), 9 (Uncertain), 10 (Non-face) are not expressions and are
+  dropped, contempt as FERPlus (7 or 8 classes), counts per rule in ``meta``.
+* Image folder: ``ROOT/<class>/**/*``, any class names, sorted (or in the order given by
+  ``classes``). Every file counts whatever its name (the bytes decide the format, through
+  :func:`omnifer.decode.read_image_file`); system junk is never a class or an image
+  (:func:`omnifer.ignore.is_ignored`: ``._name.png``, ``__MACOSX/``, ``@eaDir/``,
+  ``Thumbs.db``, hidden entries, ...), the same rule as the crawler's.
+
+Images are decoded by the project's one decoder (:mod:`omnifer.decode`): EXIF orientation
+applied, HEIC/AVIF read, the same pixels ingest and ``omnifer score`` see.
 
 Bad files: a missing list/CSV or an empty result is always a :class:`DatasetError`. A missing
 or undecodable *image* raises :class:`DatasetError` naming it when ``on_error="raise"`` (the
@@ -28,6 +39,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +49,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from omnifer.errors import DatasetError
+from omnifer import ignore
+from omnifer.decode import read_image_file
+from omnifer.errors import DatasetError, DecodeError
 from omnifer.labels import CLASSES, CLASSES_WITH_CONTEMPT, RAFDB_TO_CANONICAL
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OnError = Literal["raise", "skip"]
 
 FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
@@ -177,25 +191,19 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp)
 
 
-def _to_bgr(img: np.ndarray) -> np.ndarray:
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img
-
-
 def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 image, or None when missing or undecodable."""
-    if not path.is_file():
-        return None
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        return None
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
-    return _to_bgr(img)
+    """BGR uint8 image (H, W, 3), upright, or None when missing or undecodable
+    (:func:`read_image_why` says why)."""
+    return read_image_why(path)[0]
+
+
+def read_image_why(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR uint8 image or None, why it is None: ``" (status: message)"``) for ``path``,
+    decoded by :func:`omnifer.decode.read_image_file`."""
+    try:
+        return read_image_file(path).image, ""
+    except DecodeError as exc:
+        return None, f" ({exc.status}: {exc})"
 
 
 class _Collector:
@@ -211,6 +219,7 @@ class _Collector:
         self.bad: list[str] = []
 
     def add(self, img: np.ndarray | None, target: object, name: str, why: str = "") -> None:
+        """Keep ``img`` (BGR) with ``target``; None is a bad file, handled by ``on_error``."""
         if img is None:
             if self.on_error == "raise":
                 raise DatasetError(
@@ -275,23 +284,134 @@ def read_rafdb(
 
 
 # -- FERPlus -------------------------------------------------------------------------------------
+FERPLUS_MODES: tuple[str, ...] = ("majority", "plurality", "probability")
+"""FERPlus label modes (:func:`ferplus_target`); ``majority`` is what published FERPlus
+figures use. ``soft`` and ``distribution`` are accepted as other names of ``probability``."""
+LabelMode = Literal["majority", "plurality", "probability", "distribution", "soft"]
+_UNKNOWN, _NF = FERPLUS_VOTE_COLUMNS.index("unknown"), FERPLUS_VOTE_COLUMNS.index("NF")
+_CONTEMPT = FERPLUS_VOTE_COLUMNS.index("contempt")
+
+FERPLUS_DROP_RULES: tuple[str, ...] = (
+    "no_image", "single_votes_only", "not_face", "unknown", "no_majority", "tie",
+    "too_spread", "contempt",
+)
+"""Why a FERPlus row is left out, in the order the rules are applied (first failing wins):
+``no_image`` (no ``Image name`` in fer2013new.csv), ``single_votes_only`` (no emotion has
+two votes), ``not_face`` (``NF`` is among the top votes: never a face, in every mode),
+``unknown`` (``unknown`` wins), ``no_majority`` (majority: the top emotion has no more than
+half of the votes), ``tie`` (plurality: two emotions share the top), ``too_spread``
+(probability: the top three emotions hold no more than half of the votes), ``contempt``
+(a contempt label while the classes leave contempt out)."""
+
+
+def _canonical_mode(label_mode: str) -> str:
+    mode = {"soft": "probability", "distribution": "probability"}.get(label_mode, label_mode)
+    if mode not in FERPLUS_MODES:
+        raise DatasetError(f"FERPlus label mode must be one of {', '.join(FERPLUS_MODES)}; "
+                           f"got {label_mode!r}")
+    return mode
+
+
+def ferplus_target(votes: Sequence[float], mode: str = "majority") -> tuple[np.ndarray | None,
+                                                                             str]:
+    """One FERPlus row's 10 vote counts (:data:`FERPLUS_VOTE_COLUMNS` order) → its label.
+
+    Returns ``(distribution over the 8 emotions, "")`` for a kept row (one-hot for
+    ``majority``/``plurality``) or ``(None, rule)`` with the :data:`FERPLUS_DROP_RULES` entry
+    that drops it. Source: the FERPlus reader (github.com/microsoft/FERPlus, ``src/ferplus.py``,
+    ``_process_data``; Barsoum et al., "Training Deep Networks for Facial Expression
+    Recognition with Crowd-Sourced Label Distribution", ICMI 2016):
+
+    * every emotion with a single vote is dropped first (outlier removal); ``unknown`` and
+      ``NF`` votes count in the total;
+    * ``majority``: the top emotion must hold *more than half* of the remaining votes
+      (a 5/5 tie is dropped, not ``neutral``);
+    * ``plurality`` (not in the FERPlus code; a common looser rule): the top emotion must be
+      unique;
+    * ``probability``: the official label distribution: the top emotions are taken in vote
+      order until they hold 75 % of the votes (at most three), and the row is dropped when
+      they hold no more than half;
+    * a row whose top votes include ``NF`` is never a face (dropped in every mode; the
+      official probability code would keep an emotion tied with ``NF``), one won by
+      ``unknown`` is dropped.
+    """
+    raw = np.asarray(votes, dtype=np.float64).copy()
+    if raw.shape != (len(FERPLUS_VOTE_COLUMNS),):
+        raise DatasetError(f"FERPlus votes need {len(FERPLUS_VOTE_COLUMNS)} counts, got "
+                           f"{raw.shape}")
+    raw[raw < 1.0 + np.finfo(np.float64).eps] = 0.0  # single votes are outliers
+    total = raw.sum()
+    if total <= 0:
+        return None, "single_votes_only"
+    top = np.flatnonzero(raw == raw.max())
+    if _NF in top:
+        return None, "not_face"
+    if mode == "probability":
+        dist = _ferplus_distribution(raw, total)
+        if dist is None:
+            return None, "too_spread"
+        if int(dist.argmax()) == _UNKNOWN:
+            return None, "unknown"
+        emotions = dist[:8]
+        return emotions / emotions.sum(), ""
+    if top[0] == _UNKNOWN and len(top) == 1:
+        return None, "unknown"
+    if mode == "majority" and not raw.max() > 0.5 * total:
+        return None, "no_majority"
+    if len(top) > 1:
+        return None, "tie"
+    out = np.zeros(8)
+    out[top[0]] = 1.0
+    return out, ""
+
+
+def _ferplus_distribution(raw: np.ndarray, total: float) -> np.ndarray | None:
+    """The official ``probability``/``crossentropy`` processing of FERPlus votes (single votes
+    already removed): a distribution over the 10 columns, or None when it must be dropped."""
+    raw = raw.copy()
+    emotion = np.zeros_like(raw)
+    sum_part, count, valid = 0.0, 0, True
+    while sum_part < 0.75 * total and count < 3 and valid:
+        maxval = raw.max()
+        for i in range(len(raw)):
+            if raw[i] == maxval:
+                emotion[i] = maxval
+                raw[i] = 0
+                sum_part += emotion[i]
+                count += 1
+                if i >= 8:  # unknown or non-face among the top votes: stop here
+                    valid = False
+                    if emotion.sum() > maxval:  # other emotions came first: keep those
+                        emotion[i] = 0
+                        count -= 1
+                    break
+    if emotion.sum() <= 0.5 * total or count > 3:
+        return None
+    return emotion / emotion.sum()
+
+
 def read_ferplus(
     fer2013_csv: Path | str,
     fer2013new_csv: Path | str,
     split: str = "train",
     include_contempt: bool = False,
-    label_mode: Literal["majority", "soft"] = "majority",
+    label_mode: LabelMode = "majority",
     size: int | None = None,
 ) -> LabeledData:
-    """FERPlus: FER2013 pixels + the FERPlus votes, row by row.
+    """FERPlus: FER2013 pixels + the FERPlus votes, row by row, labelled by the dataset's own
+    protocol (:func:`ferplus_target`).
 
     ``split``: ``train`` (Training), ``val`` (PublicTest), ``test`` (PrivateTest) or ``all``.
-    ``label_mode="majority"`` gives the most-voted class (first in column order on ties);
-    ``"soft"`` gives the vote distribution over the kept classes. Rows whose majority is
-    ``unknown``/``NF``, rows with no image name in fer2013new, and (without
-    ``include_contempt``) contempt-majority rows are dropped; contempt votes are then removed
-    from the distribution before normalising.
+    ``label_mode``: ``majority`` (default; hard labels), ``plurality`` (hard labels) or
+    ``probability`` (soft ``(N, C)`` targets: the official label distribution). Without
+    ``include_contempt`` the classes are :data:`CLASSES` and a row labelled contempt is
+    dropped (contempt's share of a distribution is removed before normalising).
+
+    ``meta``: ``dropped`` (rows left out), ``dropped_by_rule`` (per :data:`FERPLUS_DROP_RULES`
+    entry, every rule listed), ``label_mode``; the counts are also logged. Raises DatasetError
+    for missing files or columns, non-numeric votes, a row that is not 48×48 pixels.
     """
+    mode = _canonical_mode(label_mode)
     old_path, new_path = Path(fer2013_csv), Path(fer2013new_csv)
     for p in (old_path, new_path):
         if not p.is_file():
@@ -299,10 +419,11 @@ def read_ferplus(
     if split != "all" and split not in FERPLUS_SPLITS:
         raise DatasetError(f"FERPlus split must be one of train, val, test, all; got {split!r}")
     classes = CLASSES_WITH_CONTEMPT if include_contempt else CLASSES
-    vote_names = [c for c in FERPLUS_VOTE_COLUMNS[:8] if include_contempt or c != "contempt"]
-    to_class = np.array([classes.index(FERPLUS_TO_CANONICAL[c]) for c in vote_names])
+    emotions = FERPLUS_VOTE_COLUMNS[:8]
+    to_class = [classes.index(FERPLUS_TO_CANONICAL[c]) if (include_contempt or c != "contempt")
+                else -1 for c in emotions]
     col = _Collector(f"FERPlus {new_path}", size, "raise")
-    dropped = 0
+    dropped: Counter[str] = Counter()
     with open(old_path, newline="") as f_old, open(new_path, newline="") as f_new:
         old_rows, new_rows = csv.DictReader(f_old), csv.DictReader(f_new)
         need_old, need_new = {"pixels", "Usage"}, {"Usage", *FERPLUS_VOTE_COLUMNS}
@@ -314,38 +435,54 @@ def read_ferplus(
             if split != "all" and old["Usage"] != FERPLUS_SPLITS[split]:
                 continue
             if not (new.get("Image name") or "").strip():
-                dropped += 1
+                dropped["no_image"] += 1
                 continue
             try:
-                votes_all = np.array([float(new[c] or 0) for c in FERPLUS_VOTE_COLUMNS])
+                votes = [float(new[c] or 0) for c in FERPLUS_VOTE_COLUMNS]
             except ValueError:
                 raise DatasetError(f"{new_path}: row {i + 2} has non-numeric votes") from None
-            top = FERPLUS_VOTE_COLUMNS[int(votes_all.argmax())]
-            if votes_all.sum() <= 0 or top in ("unknown", "NF") or (
-                top == "contempt" and not include_contempt
-            ):
-                dropped += 1
+            dist, rule = ferplus_target(votes, mode)
+            if dist is not None and not include_contempt:
+                if int(dist.argmax()) == _CONTEMPT:
+                    dist, rule = None, "contempt"
+                else:
+                    dist = dist.copy()
+                    dist[_CONTEMPT] = 0.0
+                    dist /= dist.sum()
+            if dist is None:
+                dropped[rule] += 1
                 continue
-            votes = np.array([votes_all[FERPLUS_VOTE_COLUMNS.index(c)] for c in vote_names])
             pix = np.array(old["pixels"].split(), dtype=np.float32)
             if pix.size != 48 * 48:
                 raise DatasetError(f"{old_path}: row {i + 2} has {pix.size} pixels, not 48×48")
             img = cv2.cvtColor(pix.reshape(48, 48).clip(0, 255).astype(np.uint8),
                                cv2.COLOR_GRAY2BGR)
-            if label_mode == "soft":
+            if mode == "probability":
                 target: object = np.zeros(len(classes), np.float32)
-                target[to_class] = votes / votes.sum()  # type: ignore[index]
+                for j, p in enumerate(dist):
+                    if to_class[j] >= 0:
+                        target[to_class[j]] = p  # type: ignore[index]
             else:
-                target = int(to_class[int(votes.argmax())])
-            col.add(img, target, new["Image name"].strip() or f"row{i}")
-    log.info("FERPlus %s: kept %d rows, dropped %d (unknown/NF/contempt/no image)", split,
-             len(col.images), dropped)
-    data = col.finish(classes, f"ferplus:{new_path}:{split}", soft=label_mode == "soft")
-    data.meta["dropped"] = dropped
+                target = to_class[int(dist.argmax())]
+            col.add(img, target, new["Image name"].strip())
+    by_rule = {rule: dropped.get(rule, 0) for rule in FERPLUS_DROP_RULES}
+    log.info("FERPlus %s (%s): kept %d rows, dropped %d: %s", split, mode, len(col.images),
+             sum(by_rule.values()), _rules_text(by_rule))
+    data = col.finish(classes, f"ferplus:{new_path}:{split}", soft=mode == "probability")
+    data.meta.update(dropped=sum(by_rule.values()), dropped_by_rule=by_rule, label_mode=mode)
     return data
 
 
+def _rules_text(by_rule: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in by_rule.items() if v) or "none"
+
+
 # -- AffectNet -----------------------------------------------------------------------------------
+AFFECTNET_DROP_RULES: dict[int, str] = {8: "none", 9: "uncertain", 10: "no_face"}
+"""AffectNet ``expression`` codes that are not expressions (the dataset's README: 8 None,
+9 Uncertain, 10 No-Face): their rows are never training or test faces."""
+
+
 def read_affectnet(
     csv_path: Path | str,
     images_root: Path | str,
@@ -356,15 +493,19 @@ def read_affectnet(
     """AffectNet manual annotations (``training.csv`` / ``validation.csv``).
 
     Each row: ``subDirectory_filePath`` under ``images_root``, the face box ``face_x, face_y,
-    face_width, face_height`` (cropped, clipped to the image) and ``expression`` (see the
-    module docstring). Crops are resized to ``size``.
+    face_width, face_height`` (cropped, clipped to the image) and ``expression``: ``0 Neutral
+    1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt`` are kept (contempt only
+    with ``include_contempt``: the 8-class protocol; without, the 7-class one), codes 8–10
+    are dropped (:data:`AFFECTNET_DROP_RULES`), any other code is ``invalid_code``. Crops are
+    resized to ``size``. ``meta``: ``dropped`` and ``dropped_by_rule`` (``none``,
+    ``uncertain``, ``no_face``, ``contempt``, ``invalid_code``).
     """
     csv_path, images_root = Path(csv_path), Path(images_root)
     if not csv_path.is_file():
         raise DatasetError(f"AffectNet CSV {csv_path} not found")
     classes = CLASSES_WITH_CONTEMPT if include_contempt else CLASSES
     col = _Collector(f"AffectNet {csv_path}", size, on_error)
-    dropped = 0
+    dropped: Counter[str] = Counter()
     need = {"subDirectory_filePath", "expression", "face_x", "face_y", "face_width",
             "face_height"}
     with open(csv_path, newline="") as fh:
@@ -380,7 +521,7 @@ def read_affectnet(
                 raise DatasetError(f"{csv_path}: row {i + 2} has a non-numeric field") from None
             name = AFFECTNET_TO_CANONICAL.get(code)
             if name is None or name not in classes:
-                dropped += 1
+                dropped[AFFECTNET_DROP_RULES.get(code, name or "invalid_code")] += 1
                 continue
             rel = row["subDirectory_filePath"]
             img = read_image(images_root / rel)
@@ -391,18 +532,70 @@ def read_affectnet(
                 crop = img[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else None
             why = "" if img is None or crop is not None else f" (empty face box {x},{y},{w},{h})"
             col.add(crop, classes.index(name), rel, why)
-    log.info("AffectNet %s: kept %d rows, dropped %d (none/uncertain/non-face/contempt)",
-             csv_path.name, len(col.images), dropped)
+    by_rule = {r: dropped.get(r, 0)
+               for r in ("none", "uncertain", "no_face", "contempt", "invalid_code")}
+    if by_rule["invalid_code"]:
+        log.warning("AffectNet %s: %d rows have an expression code outside 0-10", csv_path.name,
+                    by_rule["invalid_code"])
+    log.info("AffectNet %s: kept %d rows, dropped %d: %s", csv_path.name, len(col.images),
+             sum(by_rule.values()), _rules_text(by_rule))
     data = col.finish(classes, f"affectnet:{csv_path}")
-    data.meta["dropped"] = dropped
+    data.meta.update(dropped=sum(by_rule.values()), dropped_by_rule=by_rule)
     return data
 
 
 # -- image folder --------------------------------------------------------------------------------
 def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive), sorted by relative path."""
-    return sorted(p for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Every file under ``root`` (recursive) that is not system junk, whatever its name
+    (the decoder decides by content), sorted by relative path.
+
+    Junk folders (``@eaDir``, ``__MACOSX``, hidden ones) are not entered; a folder that
+    cannot be read or an entry that vanishes is logged and left out, never raised.
+    """
+    root = Path(root)
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        log.warning("%s: cannot list %s (%s); its files are left out", root,
+                    os.fsencode(exc.filename or "").decode("utf-8", "backslashreplace"),
+                    exc.strerror or exc)
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if ignore.ignored_name(d, folder=True) is None)
+        for name in files:
+            if ignore.ignored_name(name, folder=False) is not None:
+                continue
+            path = Path(folder, name)
+            try:
+                if not path.is_file():  # a dangling symlink, a FIFO, a socket
+                    log.warning("%s: skipping %s: not a regular file", root,
+                                _shown(path.relative_to(root)))
+                    continue
+            except OSError:
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _shown(path: Path) -> str:
+    return str(path).encode("utf-8", "backslashreplace").decode()
+
+
+def class_folders(root: Path) -> list[str]:
+    """Sub-folder names of ``root`` that are classes: every folder but system junk, sorted."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise DatasetError(f"cannot list image folder {root}: {exc.strerror or exc}") from None
+    dirs = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        if is_dir and ignore.ignored_name(entry.name, folder=True) is None:
+            dirs.append(entry.name)
+    return dirs
 
 
 def read_image_folder(
@@ -411,15 +604,17 @@ def read_image_folder(
     classes: Sequence[str] | None = None,
     on_error: OnError = "raise",
 ) -> LabeledData:
-    """``ROOT/<class>/*.png|jpg|…``: class = sub-folder name; classes sorted unless given.
+    """``ROOT/<class>/**``: class = sub-folder name; classes sorted unless given.
 
     With ``classes`` given, folders must be among them and indices follow that order (so a
-    test folder lines up with a model's classes even when a class has no images).
+    test folder lines up with a model's classes even when a class has no images). System
+    junk (see the module docstring) is neither a class nor an image; any other file that
+    does not decode follows ``on_error``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} not found")
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    dirs = class_folders(root)
     if not dirs:
         raise DatasetError(f"{root} has no class sub-folders (expected ROOT/<class>/*.png)")
     if classes is None:
@@ -432,7 +627,8 @@ def read_image_folder(
     col = _Collector(f"image folder {root}", size, on_error)
     for d in dirs:
         for path in list_images(root / d):
-            col.add(read_image(path), classes.index(d), path.relative_to(root).as_posix())
+            img, why = read_image_why(path)
+            col.add(img, classes.index(d), path.relative_to(root).as_posix(), why)
     return col.finish(classes, f"folder:{root}")
 
 
@@ -442,7 +638,8 @@ FORMATS = ("rafdb", "ferplus", "affectnet", "folder")
 
 def read_dataset(
     path: Path | str, fmt: str, split: str = "train", size: int | None = None,
-    classes: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None, label_mode: LabelMode = "majority",
+    include_contempt: bool | None = None,
 ) -> LabeledData:
     """Read ``path`` in format ``fmt`` (one of :data:`FORMATS`).
 
@@ -451,19 +648,29 @@ def read_dataset(
       ``training.csv`` (split train) / ``validation.csv`` (other splits).
     * ``folder``: ``ROOT/<class>/…``, or ``ROOT/<split>/<class>/…`` when ``ROOT/<split>``
       exists.
+
+    ``label_mode``: FERPlus's protocol (:data:`FERPLUS_MODES`; ignored by the other formats).
+    ``include_contempt``: FERPlus / AffectNet contempt rows (8 classes); None means "when
+    ``classes`` holds contempt" (e.g. a model trained with it).
     """
     path = Path(path)
+    if include_contempt is None:
+        include_contempt = classes is not None and "contempt" in classes
     if fmt == "rafdb":
         return read_rafdb(path, split, size=size)
     if fmt == "ferplus":
         folder = path.parent if path.is_file() else path
-        return read_ferplus(folder / "fer2013.csv", folder / "fer2013new.csv", split, size=size)
+        return read_ferplus(folder / "fer2013.csv", folder / "fer2013new.csv", split,
+                            include_contempt=include_contempt, label_mode=label_mode,
+                            size=size)
     if fmt == "affectnet":
         if path.is_file():
-            return read_affectnet(path, path.parent, size=size or AFFECTNET_CROP_SIZE)
+            return read_affectnet(path, path.parent, include_contempt=include_contempt,
+                                  size=size or AFFECTNET_CROP_SIZE)
         name = "training.csv" if split == "train" else "validation.csv"
         images = path / "Manually_Annotated_Images"
         return read_affectnet(path / name, images if images.is_dir() else path,
+                              include_contempt=include_contempt,
                               size=size or AFFECTNET_CROP_SIZE)
     if fmt == "folder":
         root = path / split if (path / split).is_dir() else path

@@ -8,8 +8,10 @@ reads only the sampled rows' row groups. Methods live in :mod:`omnifer.distill_m
 :mod:`omnifer.distill_eval`.
 
 Images are float tensors ``(N, 3, H, W)`` in RGB order, normalised with :data:`MEAN`/:data:`STD`
-("the normalised space"); inputs arrive as BGR JPEG/PNG bytes (face crops, 112×112) and are
-resized to ``image_size``.
+("the normalised space"); inputs arrive as encoded images (face crops, 112×112 JPEG) decoded
+by the project's one decoder (:func:`omnifer.decode.decode_image`: any format, EXIF
+orientation applied) and resized to ``image_size``; image folders are read by
+:func:`omnifer.datasets.read_image_folder` (the same junk rule and decoder as everywhere).
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ __all__ = [
     "DistilledSet",
     "ParquetClassSampler",
     "TensorClassSampler",
-    "decode_image",
+    "decode_chw",
     "denormalize",
     "distill",
-    "read_image_folder",
+    "read_folder_tensors",
     "register_method",
     "resolve_device",
     "save_grids",
@@ -62,7 +64,6 @@ __all__ = [
 # fixed constant keeps distilled tensors comparable across curated versions).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # --------------------------------------------------------------------------- config
@@ -122,11 +123,18 @@ def _mean_std(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """JPEG/PNG bytes (BGR on disk) → float32 RGB ``(3, S, S)`` in [0, 1]."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError("cannot decode image bytes")
+def decode_chw(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1], ``S = image_size``.
+
+    Decoded by :func:`omnifer.decode.decode_image` (upright, any supported format); raises
+    DatasetError naming the decoder's status when the bytes do not decode."""
+    from omnifer.decode import decode_image
+    from omnifer.errors import DecodeError
+
+    try:
+        img = decode_image(data).image
+    except DecodeError as exc:
+        raise DatasetError(f"cannot decode image bytes ({exc.status}: {exc})") from None
     if img.shape[:2] != (image_size, image_size):
         interp = cv2.INTER_AREA if img.shape[0] > image_size else cv2.INTER_LINEAR
         img = cv2.resize(img, (image_size, image_size), interpolation=interp)
@@ -151,35 +159,25 @@ def _order_classes(names: Sequence[str]) -> list[str]:
     return canon + rest
 
 
-def read_image_folder(
+def read_folder_tensors(
     root: str | Path, image_size: int, classes: Sequence[str] | None = None
 ) -> tuple[Tensor, Tensor, list[str]]:
-    """Read ``ROOT/<class>/*.{jpg,png}`` into ``(images, labels, classes)``, normalised.
+    """Read ``ROOT/<class>/*`` into ``(images (N, 3, S, S) normalised, labels (N,), classes)``.
 
-    A small local reader for the CLI; class order is canonical where names are labels.
+    The folder is read by :func:`omnifer.datasets.read_image_folder` (system junk ignored,
+    every other file decoded by content, undecodable ones skipped and logged); class order is
+    canonical where the names are labels, else sorted, unless ``classes`` is given.
     """
+    from omnifer.datasets import class_folders, read_image_folder
+
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = list(classes) if classes is not None else _order_classes(found)
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for idx, name in enumerate(classes):
-        folder = root / name
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if folder.is_dir() else []
-        for path in files:
-            try:
-                images.append(decode_image(path.read_bytes(), image_size))
-            except DatasetError:
-                log.warning("skipping undecodable image %s", path)
-                continue
-            labels.append(idx)
-    if not images:
-        raise DatasetError(f"no images under {root}/<class>/*.jpg|png")
-    x = normalize(torch.from_numpy(np.stack(images)))
-    return x, torch.tensor(labels, dtype=torch.long), classes
+    order = list(classes) if classes is not None else _order_classes(class_folders(root))
+    data = read_image_folder(root, size=image_size, classes=order, on_error="skip")
+    rgb = data.images[..., ::-1].transpose(0, 3, 1, 2)
+    x = normalize(torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32) / 255.0))
+    return x, torch.from_numpy(data.hard_labels()), order
 
 
 # --------------------------------------------------------------------------- samplers
@@ -321,7 +319,7 @@ class ParquetClassSampler:
             values = self._row_group(int(g))
             for i in np.nonzero(groups == g)[0]:
                 data = values[int(global_rows[i] - self._group_starts[g])]
-                out[i] = decode_image(data, self.image_size)
+                out[i] = decode_chw(data, self.image_size)
         return normalize(torch.from_numpy(np.stack(out)))  # type: ignore[arg-type]
 
     def sample(self, class_idx: int, n: int, generator: torch.Generator) -> Tensor:

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from pydantic import BaseModel, Field
 from omnifer import heap, storage
 from omnifer.catalog import DataCatalog
 from omnifer.errors import DecodeError, OmniferError, SourceError
+from omnifer.params import check_date, check_name
 from omnifer.schemas import FACES, IMAGES, SCORES
 from omnifer.version import code_version
 
@@ -57,6 +59,10 @@ class IngestParams(BaseModel):
     min_det_score: float = 0.6
     min_face_size: int = 32
     max_side: int = 1280
+    # Detection scale (omnifer.faces.FaceFinder): "auto" | "full", refinement size, frame pass
+    detect_scale: str = "auto"
+    refine_px: int = 160
+    whole_frame: bool = True
     max_pixels: int = 40_000_000
     max_bytes: int = 50_000_000
     crop_jpeg_quality: int = 95
@@ -88,6 +94,9 @@ class IngestPlan(BaseModel):
     params: IngestParams
     shards: list[ShardSpec]
     created_at: dt.datetime = Field(default_factory=_now)
+    # What listing saw (omnifer.sources.ListingReport.as_dict() + unchanged/planned): every
+    # listed object is planned (-> one images row) or unchanged (its row is from a past night).
+    listing: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def n_objects(self) -> int:
@@ -97,6 +106,9 @@ class IngestPlan(BaseModel):
 class ShardResult(BaseModel):
     shard_id: str
     skipped: bool = False
+    # Skipped because its marker says done, although these datasets hold none of its rows
+    # (the data was deleted): `omnifer catalog verify --repair` lets a rerun rebuild it.
+    missing_data: list[str] = Field(default_factory=list)
     images: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
     faces: int = 0
@@ -155,8 +167,9 @@ def plan_ingest(
     not a Prefect concurrency limit: the library (CLI, notebooks) must be safe without
     Prefect. The price of overlap is repeated work, never repeated rows.
     """
-    from omnifer.sources import list_objects
+    from omnifer.sources import ListingReport, list_objects
 
+    check_date(ingest_date, "ingest date")
     plans = load_plans(catalog, ingest_date)
     for plan in reversed(plans):
         if any(shard_done(catalog, s) is None for s in plan.shards):
@@ -167,11 +180,13 @@ def plan_ingest(
     seen = _seen_versions(catalog)
     objects: list[ObjectRef] = []
     listed = 0
+    report = ListingReport()
     for index, spec in enumerate(sources):
-        for obj in list_objects(spec):
+        for obj in list_objects(spec, report):
             listed += 1
             if (obj.uri, obj.version) in seen:
                 continue
+            seen.add((obj.uri, obj.version))  # one object listed by two sources: one row
             objects.append(ObjectRef(source=index, uri=obj.uri, size=obj.size,
                                      version=obj.version))
     fp = params.fingerprint()
@@ -186,8 +201,12 @@ def plan_ingest(
         sources=[s.model_dump(mode="json") for s in sources],
         params=params,
         shards=shards,
+        listing={**report.as_dict(), "unchanged": listed - len(objects),
+                 "planned": len(objects)},
     )
-    log.info("listed %d objects, %d new, %d shards", listed, len(objects), len(shards))
+    log.info("listed %d objects, %d new, %d shards (ignored %d junk, excluded %d, skipped %d "
+             "odd entries)", listed, len(objects), len(shards), plan.listing["ignored"],
+             plan.listing["excluded"], plan.listing["skipped_entries"])
     if shards:
         uri = _plan_dir(catalog, ingest_date) + f"/plan-{number:03d}.json"
         if not storage.create_exclusive(uri, plan.model_dump_json(indent=1).encode()):
@@ -213,14 +232,18 @@ class WorkerResources:
     def detector(cls, params: IngestParams) -> Any:
         from omnifer.faces import create_detector
 
-        key = (params.detector, params.min_det_score, params.max_side)
+        key = (params.detector, params.min_det_score, params.max_side, params.detect_scale,
+               params.min_face_size, params.refine_px, params.whole_frame)
         cache = getattr(cls._local, "detectors", None)
         if cache is None:
             cache = cls._local.detectors = {}
         if key not in cache:
             cache[key] = create_detector(
-                params.detector, score_threshold=params.min_det_score, max_side=params.max_side
+                params.detector, score_threshold=params.min_det_score, max_side=params.max_side,
+                scale=params.detect_scale, min_face_size=params.min_face_size,
+                refine_px=params.refine_px, whole_frame=params.whole_frame,
             )
+            log.info("loaded detector %s in process %d", params.detector, os.getpid())
         return cache[key]
 
     @classmethod
@@ -238,6 +261,7 @@ class WorkerResources:
                 cls._scorers[key] = Scorer(
                     load_checkpoint(path), batch_size=params.score_batch_size
                 )
+                log.info("loaded model %s in process %d", params.model_version, os.getpid())
             return cls._scorers[key]
 
 
@@ -290,41 +314,115 @@ class _SeenIndex:
         with self._claim_lock:
             return self._owners.setdefault(sha, shard_id) != shard_id
 
+    def owner(self, sha: str) -> str | None:
+        """The shard that owns ``sha`` here (None: nobody yet), without claiming it."""
+        with self._claim_lock:
+            return self._owners.get(sha)
+
+
+class _SharedClaims:
+    """Content claims that hold across processes: one object per new content hash.
+
+    Why: :class:`_SeenIndex` claims content in memory, which is enough while all shards of a
+    plan run in one process (the thread runner). On Dask they run in worker processes that
+    share nothing, and the same bytes in two shards on two workers would both be ``ok`` (two
+    rows per face). So there a shard claims each new hash in the catalog,
+    ``_claims/ingest_date=D/<plan_id>/<sha256>`` created exclusively
+    (:func:`omnifer.storage.create_exclusive`) with the shard id as its body: the first
+    creator owns the content for good, a rerun of that shard finds its own claim and owns it
+    again, every other shard marks its copy ``duplicate``. Claims go out on a small thread
+    pool while the shard decodes and detects (S3 latency hidden); :meth:`lost` collects them
+    before scoring. Cost: one small object per new image of the night.
+    """
+
+    _pool: Any = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, catalog: DataCatalog, plan: IngestPlan, shard_id: str) -> None:
+        self._folder = catalog.aux_uri("_claims", f"ingest_date={plan.ingest_date}",
+                                       plan.plan_id)
+        self._shard_id = shard_id
+        self._pending: dict[str, Any] = {}
+        with self._pool_lock:
+            if _SharedClaims._pool is None:
+                import concurrent.futures as cf
+
+                _SharedClaims._pool = cf.ThreadPoolExecutor(8, thread_name_prefix="claims")
+
+    def _claim(self, sha: str) -> bool:
+        uri = f"{self._folder}/{sha}"
+        body = self._shard_id.encode()
+        return storage.create_exclusive(uri, body) or storage.read_bytes(uri) == body
+
+    def start(self, sha: str) -> None:
+        """Claim ``sha`` for this shard in the background."""
+        self._pending[sha] = self._pool.submit(self._claim, sha)
+
+    def lost(self) -> set[str]:
+        """The hashes another shard claimed first (waits for every claim; StorageError when
+        the catalog cannot take them: the shard then fails and its rerun claims again)."""
+        return {sha for sha, fut in self._pending.items() if not fut.result()}
+
 
 class _ShardSeen:
-    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims."""
+    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims.
 
-    def __init__(self, index: _SeenIndex, shard_id: str) -> None:
+    With ``shared`` claims (shards of the plan in other processes), content not committed yet
+    is claimed in the catalog instead of in memory; :func:`process_shard` then gives up
+    what it lost (:meth:`_SharedClaims.lost`).
+    """
+
+    def __init__(self, index: _SeenIndex, shard_id: str,
+                 shared: _SharedClaims | None = None) -> None:
         self._index, self._shard_id = index, shard_id
         self._mine: set[str] = set()  # the same bytes twice in one shard: the 2nd is a dup
+        self.shared = shared
 
     def __contains__(self, sha: object) -> bool:
         if sha in self._mine:
             return True
         self._mine.add(str(sha))
-        return self._index.claim(str(sha), self._shard_id)
+        if self.shared is None:
+            return self._index.claim(str(sha), self._shard_id)
+        owner = self._index.owner(str(sha))  # committed before this process read the index
+        if owner is not None and owner != self._shard_id:
+            return True
+        self.shared.start(str(sha))
+        return False
 
     def add(self, sha: str) -> None:
         """Nothing to do: the membership test has claimed ``sha`` already."""
 
 
 def process_shard(
-    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str
+    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str,
+    shared_claims: bool = False,
 ) -> ShardResult:
     """Decode, detect, align and score one shard, then commit it (images last, marker after).
 
     Already committed → returns the committed result without doing anything.
+    ``shared_claims``: other shards of the plan run in other processes (Dask workers), so
+    content is claimed in the catalog (:class:`_SharedClaims`), not only in memory.
     """
     from omnifer.sources import source_from_dict
 
     done = shard_done(catalog, shard)
     if done is not None:
-        return done.model_copy(update={"skipped": True})
+        from omnifer.verify import missing_shard_data
+
+        missing = missing_shard_data(catalog, shard.ingest_date, shard.shard_id, done.images,
+                                     done.faces)
+        if missing:
+            log.warning("shard %s of %s: its marker says done but its %s rows are gone; not "
+                        "rebuilt (run `omnifer catalog verify --repair`, then rerun)",
+                        shard.shard_id, shard.ingest_date, "/".join(missing))
+        return done.model_copy(update={"skipped": True, "missing_data": missing})
     started = time.monotonic()
     params = plan.params
     detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan), shard.shard_id)
+    seen = _ShardSeen(_SeenIndex.for_plan(catalog, plan), shard.shard_id,
+                      _SharedClaims(catalog, plan, shard.shard_id) if shared_claims else None)
     stamp = {"run_id": run_id, "shard_id": shard.shard_id, "code_version": code_version(),
              "created_at": _now()}
 
@@ -337,6 +435,23 @@ def process_shard(
         image_rows.append(row)
         face_rows.extend(faces)
         crops.extend(obj_crops)
+    if seen.shared is not None and (lost := seen.shared.lost()):
+        # Another shard claimed these bytes first: the rows a duplicate gets, as if the
+        # claim had been lost in memory (the object is read again; duplicates are rare).
+        class _Taken:
+            def __contains__(self, sha: object) -> bool:
+                return True
+
+            def add(self, sha: str) -> None:
+                pass
+
+        for i, (obj, row) in enumerate(zip(shard.objects, image_rows, strict=True)):
+            if row.get("sha256") in lost and row["status"] != STATUS_DUPLICATE:
+                image_rows[i] = process_object(obj, sources[obj.source], params, detector,
+                                               _Taken(), stamp)[0]
+        keep = [i for i, f in enumerate(face_rows) if f["image_sha256"] not in lost]
+        face_rows = [face_rows[i] for i in keep]
+        crops = [crops[i] for i in keep]
 
     score_rows = score_faces(params, face_rows, crops, stamp)
     date = shard.ingest_date
@@ -463,8 +578,11 @@ def score_faces(
             "margin": float(batch.margin[i]),
             "entropy": float(batch.entropy[i]),
             "flip_agreement": bool(batch.flip_agreement[i]),
-            "similarity": float(batch.similarity[i]),
-            "embedding": batch.embedding[i].astype(np.float32).tolist(),
+            # null when the model gives no embedding (an ONNX model without one)
+            "similarity": (None if np.isnan(batch.similarity[i])
+                           else float(batch.similarity[i])),
+            "embedding": (batch.embedding[i].astype(np.float32).tolist()
+                          if batch.embedding.shape[1] else None),
             "status": STATUS_OK,
             "error": None,
         })
@@ -493,6 +611,8 @@ def select_curated(
     """
     from omnifer.selection import select_samples
 
+    check_date(ingest_date, "ingest date")
+    check_name(model_version, "model version")
     flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
     flt = flt & (ds.field("status") == STATUS_OK)
     scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
@@ -503,6 +623,9 @@ def select_curated(
         _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
                              return_index=True)
         scores = scores.take(pa.array(np.sort(first)))
+    from omnifer.selection import adapt_policy
+
+    policy = adapt_policy(policy, scores)  # e.g. no similarity gate for a model without one
     policy_json = policy.to_json()
     version = curated_version_for(ingest_date, policy_json, model_version)
     selected = select_samples(scores, policy)
@@ -531,6 +654,7 @@ def select_curated(
 # -- summary -------------------------------------------------------------------------------------
 def summarize(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
     """What the night produced, read back from the committed Parquet files."""
+    check_date(ingest_date, "ingest date")
     con = catalog.connect()
     date = ingest_date.replace("'", "''")
 

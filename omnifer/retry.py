@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -41,7 +40,9 @@ from pydantic import BaseModel
 
 from omnifer import ingest, storage
 from omnifer.catalog import DataCatalog
-from omnifer.errors import ConfigError, DatasetError
+from omnifer.decode import decode_image
+from omnifer.errors import ConfigError, DatasetError, DecodeError
+from omnifer.params import check_date
 from omnifer.schemas import FACES, IMAGES, SCORES
 from omnifer.version import code_version
 
@@ -49,11 +50,14 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES: dict[str, tuple[str, ...]] = {
     "fetch": ("fetch_failed", "unreadable", "missing"),
+    "decode": ("unsupported", "corrupt", "not_image"),
     "detect": ("detect_failed",),
     "score": ("score_failed",),
 }
-"""Stage name → the row statuses ``retry-failed --stage`` reprocesses (images rows for fetch
-and detect, scores rows for score)."""
+"""Stage name → the row statuses ``retry-failed --stage`` reprocesses (images rows for fetch,
+decode and detect, scores rows for score). ``decode`` is for rows an older or narrower
+decoder refused (before pillow-heif was installed, before metadata limits stopped
+rejecting pixels): the bytes are read and decoded again by today's decoder."""
 
 
 class RetryTarget(BaseModel):
@@ -91,7 +95,7 @@ def find_failed(catalog: DataCatalog, stage: str, date: str | None = None) -> li
     dataset = "scores" if stage == "score" else "images"
     flt = ds.field("status").isin(list(statuses))
     if date is not None:
-        flt = flt & (ds.field("ingest_date") == date)
+        flt = flt & (ds.field("ingest_date") == check_date(date, "date"))
     table = catalog.read(dataset, columns=["ingest_date", "shard_id"], filter=flt)
     counts = Counter(zip(table["ingest_date"].to_pylist(), table["shard_id"].to_pylist(),
                          strict=True))
@@ -329,7 +333,12 @@ def _retry_scores(
                 done.add(face["face_id"])
     for face in faces:  # the source changed or is gone: the stored crop is what we have
         if face["face_id"] not in done:
-            crop = cv2.imdecode(np.frombuffer(face["crop"], np.uint8), cv2.IMREAD_COLOR)
+            try:  # our own JPEG, read by the project's one decoder
+                crop = decode_image(face["crop"]).image
+            except DecodeError as exc:
+                log.warning("face %s: stored crop unreadable (%s); left failed",
+                            face["face_id"], exc)
+                continue
             rows.append(face)
             crops.append(crop)
             done.add(face["face_id"])

@@ -15,9 +15,13 @@ source does not allow, or a path outside the source's root).
 
 Safety choices:
 
-* URIs written to datasets never carry credentials: userinfo and query parameters named like
-  tokens/signatures/keys are stripped (:func:`strip_credentials`). A worker that needs the
-  credentialed URL looks it up in the manifest again (once per process).
+* URIs written to datasets never carry credentials, and redacting them never changes what
+  identifies or fetches an object: a manifest URL's ``source_uri`` is :func:`url_identity`,
+  the URL without userinfo and credential-like query parameters (:func:`strip_credentials`)
+  plus, when those were there, a key ``#omnifer-key=<sha256 of the full URL, 16 hex>``. So
+  ``…/a.jpg?sig=1`` and ``…/a.jpg?sig=2`` stay two objects (two rows, two fetches), and the
+  same URL listed twice is one. A worker that needs the credentialed URL looks it up in the
+  manifest again by that identity (once per process).
 * URL fetching uses the standard library's ``http.client`` rather than ``requests`` (no extra
   dependency, and the connection is made to the very address that was checked): every hop's
   host is resolved and *all* its addresses must be public unless ``allow_private``; redirects
@@ -27,13 +31,22 @@ Safety choices:
 * S3 goes through one boto3 client per (process, endpoint, region), created lazily, with
   botocore's "standard" retry mode (retries 500/503/SlowDown with backoff, bounded attempts).
   Credentials come from boto3's usual chain and are never logged.
-* Local sources skip hidden files and refuse symlinks that point outside their root.
+* Local sources refuse symlinks that point outside their root.
+
+What is listed: every object, whatever its name (the decoder decides what it is by its bytes),
+except system junk (:func:`omnifer.ignore.is_ignored`: hidden entries, ``._*`` AppleDouble
+files, ``__MACOSX/``, ``@eaDir/``, ``Thumbs.db``, ...) and what the source's ``exclude``
+globs name (:func:`omnifer.ignore.is_excluded`); the same rule for folders, buckets and URL
+manifests. Odd entries met while listing a folder (a folder that cannot be read, a dangling
+symlink, an entry that vanished) are logged and counted in a :class:`ListingReport`, never
+raised: one bad corner of a tree does not end the night.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import http.client
 import ipaddress
 import json
@@ -45,8 +58,9 @@ import ssl
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
@@ -54,14 +68,17 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from omnifer import ignore
 from omnifer.errors import SourceError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif",
 )
-"""Default file-name filter for folders and buckets (case-insensitive)."""
+"""Common image suffixes, for a source that opts into an ``extensions`` filter. Not the
+default: a file is listed whatever its name says, and its bytes decide what it is."""
 
 USER_AGENT = "omnifer/0.1 (+data curation crawler)"
 
@@ -82,13 +99,26 @@ class FetchError(SourceError):
 
 # -- specs -----------------------------------------------------------------------------------
 class _Spec(BaseModel):
+    """``exclude``: globs of paths not to list (see :func:`omnifer.ignore.is_excluded`), on
+    top of the system junk every source skips."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        return ignore.check_globs([value] if isinstance(value, str) else value)
 
 
 class _Listed(_Spec):
-    """A source whose object names are filtered by suffix (case-insensitive)."""
+    """A source whose object names may be filtered by suffix (case-insensitive); None (the
+    default) lists every file, so that none is left without a row."""
 
-    extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] | None = None
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -218,15 +248,124 @@ class _ObjectLike(Protocol):
     size: int | None
 
 
-def list_objects(spec: LocalSource | S3Source | UrlManifestSource) -> Iterator[SourceObject]:
-    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable."""
+@dataclass
+class ListingReport:
+    """What listing one or more sources met besides the objects it yielded.
+
+    ``listed``: objects yielded. ``ignored``: system junk by reason (never read, never rows).
+    ``excluded``: paths the source's ``exclude`` / ``pattern`` / ``extensions`` left out.
+    ``skipped``: entries that could not be listed, by reason (``unlistable_folder``,
+    ``dangling_symlink``, ``vanished``, ``symlink_outside_root``, ``symlinked_folder``,
+    ``unreadable_entry``), each logged as a warning; ``examples`` keeps the first few paths
+    per reason (``ignored:``/``skipped:`` prefixed) for run records.
+    """
+
+    listed: int = 0
+    ignored: Counter[str] = field(default_factory=Counter)
+    excluded: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    _EXAMPLES = 3
+
+    def _example(self, key: str, where: str) -> bool:
+        shown = self.examples.setdefault(key, [])
+        if len(shown) < self._EXAMPLES:
+            # names may hold undecodable bytes (surrogates): keep records printable
+            shown.append(where.encode("utf-8", "backslashreplace").decode())
+            return True
+        return False
+
+    def ignore(self, where: str, reason: str) -> None:
+        self.ignored[reason] += 1
+        self._example(f"ignored: {reason}", where)
+        log.debug("ignoring %s: %s", _printable(where), reason)
+
+    def exclude(self, where: str, rule: str) -> None:
+        self.excluded += 1
+        self._example(f"excluded: {rule}", where)
+
+    def skip(self, where: str, reason: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        if self._example(f"skipped: {reason}", where):
+            log.warning("listing: skipped %s (%s%s)", _printable(where), reason,
+                        f": {detail}" if detail else "")
+        else:
+            log.debug("listing: skipped %s (%s)", _printable(where), reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able counts (what plans and run records store)."""
+        return {"listed": self.listed, "ignored": sum(self.ignored.values()),
+                "ignored_by_reason": dict(sorted(self.ignored.items())),
+                "excluded": self.excluded, "skipped_entries": sum(self.skipped.values()),
+                "skipped_by_reason": dict(sorted(self.skipped.items())),
+                "examples": self.examples}
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def list_objects(
+    spec: LocalSource | S3Source | UrlManifestSource, report: ListingReport | None = None
+) -> Iterator[SourceObject]:
+    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable.
+
+    Junk (:func:`omnifer.ignore.is_ignored`) and ``exclude``d paths are left out; what was
+    left out or could not be listed is counted in ``report`` (see :class:`ListingReport`).
+    """
+    report = report if report is not None else ListingReport()
     if isinstance(spec, LocalSource):
-        return _list_local(spec)
+        return _counted(_list_local(spec, report), report)
     if isinstance(spec, S3Source):
-        return _list_s3(spec)
+        return _counted(_filtered(spec, _list_s3(spec), report), report)
     if isinstance(spec, UrlManifestSource):
-        return _list_urls(spec)
+        return _counted(_filtered(spec, _list_urls(spec), report), report)
     raise SourceError(f"not a source spec: {type(spec).__name__}")
+
+
+def _counted(objects: Iterator[SourceObject], report: ListingReport) -> Iterator[SourceObject]:
+    for obj in objects:
+        report.listed += 1
+        yield obj
+
+
+def relative_path(spec: LocalSource | S3Source | UrlManifestSource, uri: str) -> str:
+    """The POSIX path that ignore and exclude rules see for ``uri``: the path under a local
+    root, the key after an S3 prefix, ``host/path`` (percent-decoded) of a URL."""
+    if isinstance(spec, LocalSource):
+        root = Path(spec.root)
+        try:
+            return _local_path(uri).relative_to(root).as_posix()
+        except ValueError:
+            return _local_path(uri).as_posix()
+    if isinstance(spec, S3Source):
+        key = uri.removeprefix(f"s3://{spec.bucket}/")
+        return key.removeprefix(spec.prefix)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    return f"{parts.hostname or ''}{unquote(parts.path)}"
+
+
+def _filtered(spec: S3Source | UrlManifestSource, objects: Iterator[SourceObject],
+              report: ListingReport) -> Iterator[SourceObject]:
+    """``objects`` without junk, ``exclude``d paths and (S3) suffixes outside ``extensions``."""
+    exts = getattr(spec, "extensions", None)
+    for obj in objects:
+        rel = relative_path(spec, obj.uri)
+        reason = ignore.is_ignored(rel)
+        if reason is not None:
+            report.ignore(obj.uri, reason)
+            continue
+        rule = ignore.is_excluded(rel, spec.exclude)
+        if rule is None and exts is not None and not rel.lower().endswith(exts):
+            rule = "extensions"
+        if rule is not None:
+            report.exclude(obj.uri, rule)
+            continue
+        yield obj
 
 
 def read_object(
@@ -242,7 +381,7 @@ def read_object(
         return _read_s3(spec, obj, max_bytes)
     if isinstance(spec, UrlManifestSource):
         cap = min(max_bytes, spec.max_bytes or max_bytes)
-        return _fetch_url(spec, _manifest_originals(spec).get(obj.uri, obj.uri), cap)
+        return _fetch_url(spec, _original_url(spec, obj.uri), cap)
     raise SourceError(f"not a source spec: {type(spec).__name__}")
 
 
@@ -252,52 +391,102 @@ def _too_large(uri: str, size: int | None, max_bytes: int) -> FetchError:
 
 
 # -- local -----------------------------------------------------------------------------------
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob → regex on POSIX relative paths: ``**/`` = any folders, ``*``/``?`` within one."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        else:
-            ch = pattern[i]
-            out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
+_glob_regex = ignore.glob_regex
 
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _list_local(spec: LocalSource) -> Iterator[SourceObject]:
+def _list_local(spec: LocalSource, report: ListingReport) -> Iterator[SourceObject]:
+    """Walk ``spec.root`` depth-first, names sorted: a folder's files, then its sub-folders.
+
+    Nothing met on the way raises (see :class:`ListingReport` for what is counted): a
+    folder that cannot be read, a dangling symlink, an entry that vanished between the
+    folder's listing and its ``stat``, a symlink out of the root. Symlinked folders are not
+    followed (no cycles, no escapes). FIFOs, sockets and devices are listed (their row
+    says ``unreadable: not a regular file``); names need not be UTF-8.
+    """
     root = Path(spec.root)
     if not root.is_dir():
         raise SourceError(f"source folder {root} does not exist or is not a folder")
     regex = _glob_regex(spec.pattern)
     exts = spec.extensions
-    # os.walk with sorted names streams in a fixed order without holding the whole tree.
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or (exts is not None and not name.lower().endswith(exts)):
-                continue
-            path = Path(folder, name)
-            rel = path.relative_to(root).as_posix()
-            if not regex.match(rel):
-                continue
-            if path.is_symlink() and not _inside(path.resolve(), root):
-                log.warning("skipping %s: symlink points outside %s", path, root)
-                continue
+    stack = [""]  # folders still to list, relative to root
+    while stack:
+        rel_dir = stack.pop()
+        folder = root / rel_dir if rel_dir else root
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if not rel_dir:  # the source itself: nothing to list at all is the run's error
+                raise SourceError(f"cannot list source folder {root}: "
+                                  f"{exc.strerror or exc}") from None
+            if isinstance(exc, FileNotFoundError):
+                report.skip(rel_dir, "vanished", "folder gone while listing")
+            else:
+                report.skip(rel_dir, "unlistable_folder", exc.strerror or str(exc))
+            continue
+        subfolders: list[str] = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
-                st = path.stat()
-            except OSError:
-                continue  # vanished or dangling link: not an object
-            yield SourceObject(path.as_uri(), st.st_size, str(st.st_mtime_ns))
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError as exc:
+                report.skip(rel, "unreadable_entry", exc.strerror or str(exc))
+                continue
+            reason = ignore.ignored_name(entry.name, folder=is_dir)
+            if reason is not None:
+                report.ignore(rel + ("/" if is_dir else ""), reason)
+                continue
+            if is_dir:
+                rule = ignore.is_excluded(rel + "/", spec.exclude)
+                if rule is not None:
+                    report.exclude(rel + "/", rule)
+                else:
+                    subfolders.append(rel)
+                continue
+            obj = _local_object(spec, root, Path(entry.path), rel, is_link, regex, exts,
+                                report)
+            if obj is not None:
+                yield obj
+        stack.extend(reversed(subfolders))
+
+
+def _local_object(spec: LocalSource, root: Path, path: Path, rel: str, is_link: bool,
+                  regex: re.Pattern[str], exts: tuple[str, ...] | None,
+                  report: ListingReport) -> SourceObject | None:
+    """The object for one non-folder entry, or None (counted in ``report``)."""
+    rule = ignore.is_excluded(rel, spec.exclude)
+    if rule is None and not regex.match(rel):
+        rule = "pattern"
+    if rule is None and exts is not None and not rel.lower().endswith(exts):
+        rule = "extensions"
+    if rule is not None:
+        report.exclude(rel, rule)
+        return None
+    try:
+        st = path.stat()  # follows a symlink
+    except FileNotFoundError:
+        if is_link:
+            report.skip(rel, "dangling_symlink", f"points to {os.readlink(path)!r}"
+                        if os.path.islink(path) else "")
+        else:
+            report.skip(rel, "vanished", "gone between listing and stat")
+        return None
+    except OSError as exc:  # a symlink loop, permissions on the target's folder
+        report.skip(rel, "unreadable_entry", exc.strerror or str(exc))
+        return None
+    if is_link:
+        if not _inside(path.resolve(), root):
+            report.skip(rel, "symlink_outside_root", f"points outside {root}")
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            report.skip(rel, "symlinked_folder", "symlinked folders are not followed")
+            return None
+    return SourceObject(path.as_uri(), st.st_size, str(st.st_mtime_ns))
 
 
 def _local_path(uri: str) -> Path:
@@ -400,12 +589,11 @@ def _list_s3(spec: S3Source) -> Iterator[SourceObject]:
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=spec.bucket, Prefix=spec.prefix, PaginationConfig={"PageSize": _S3_PAGE_SIZE}
     )
-    exts = spec.extensions
     try:
         for page in pages:  # S3 returns keys in UTF-8 binary order: deterministic
             for item in page.get("Contents", []):
                 key = item["Key"]
-                if key.endswith("/") or (exts is not None and not key.lower().endswith(exts)):
+                if key.endswith("/"):  # a "folder" marker object, not an object of its own
                     continue
                 etag = str(item.get("ETag", "")).strip('"') or None
                 yield SourceObject(f"s3://{spec.bucket}/{key}", int(item["Size"]), etag)
@@ -460,8 +648,8 @@ def strip_credentials(uri: str) -> str:
     """``uri`` without userinfo, fragment, or query parameters named like credentials
     (token, signature, key, secret, password, X-Amz-Credential, ...).
 
-    The result is what datasets store, so it must be both secret-free and stable (a presigned
-    URL's signature changes every night; the stripped URL does not)."""
+    For display only: two URLs that differ only in a secret strip to the same text, so
+    identity is :func:`url_identity` (this plus a key), never this alone."""
     try:
         parts = urlsplit(uri)
     except ValueError:  # malformed (e.g. a broken IPv6 host): keep only what is surely safe
@@ -499,26 +687,86 @@ def _iter_manifest(spec: UrlManifestSource) -> Iterator[str]:
                           f"(column '{spec.column}'): {exc}") from None
 
 
+_KEY_FRAGMENT = "omnifer-key="
+
+
+def _redacts(url: str) -> bool:
+    """Whether :func:`strip_credentials` removes something the server would see (userinfo
+    or a query parameter), as opposed to the fragment alone, which is never sent."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return strip_credentials(url) != url.split("#", 1)[0]
+    return "@" in parts.netloc or any(
+        p and _SENSITIVE_PARAM.search(unquote(p.partition("=")[0]))
+        for p in parts.query.split("&"))
+
+
+def url_identity(url: str) -> str:
+    """The ``source_uri`` of a manifest URL: what identifies it (plans, the seen set, rows,
+    retries) and what may be shown (logs, errors, datasets).
+
+    It is :func:`strip_credentials` of ``url``, plus ``#omnifer-key=<16 hex>`` when that
+    stripped userinfo or a parameter: the first 64 bits of the sha256 of ``url`` as fetched
+    (without its fragment). Redacting for display then never merges two objects: URLs that
+    differ only in ``sig=…`` get different keys, the same URL always the same key. The key
+    is a one-way digest of the whole URL (high-entropy signatures cannot be recovered from
+    it; a short password in userinfo is better passed some other way). A URL without
+    credentials is its own identity (minus any fragment), as before.
+    """
+    shown = strip_credentials(url)
+    if not _redacts(url):
+        return shown
+    fetched = url.split("#", 1)[0]
+    return f"{shown}#{_KEY_FRAGMENT}{hashlib.sha256(fetched.encode()).hexdigest()[:16]}"
+
+
 def _list_urls(spec: UrlManifestSource) -> Iterator[SourceObject]:
+    """One object per distinct URL (by :func:`url_identity`), in manifest order: a URL listed
+    twice is fetched once and gives one row."""
+    seen: set[bytes] = set()  # 12-byte digests: a 10-million-row manifest stays ~1 GB lighter
+    repeats = 0
     for url in _iter_manifest(spec):
-        yield SourceObject(strip_credentials(url))
+        uri = url_identity(url)
+        digest = hashlib.sha256(uri.encode()).digest()[:12]
+        if digest in seen:
+            repeats += 1
+            continue
+        seen.add(digest)
+        yield SourceObject(uri)
+    if repeats:
+        log.info("%s: %d repeated URL(s) listed once", spec, repeats)
 
 
 @functools.lru_cache(maxsize=8)
 def _manifest_originals(spec: UrlManifestSource) -> dict[str, str]:
-    """Stripped URI → original URL, only for rows that carried credentials (usually none).
+    """Identity → original URL, only for rows that carried credentials (usually none).
 
     Read once per process. A manifest that can no longer be read is not fatal here: its
     URLs are fetched as stored (a credentialed one then fails with its own row status)."""
     mapping: dict[str, str] = {}
     try:
         for url in _iter_manifest(spec):
-            clean = strip_credentials(url)
-            if clean != url:
-                mapping[clean] = url
+            uri = url_identity(url)
+            if _KEY_FRAGMENT in uri:
+                mapping[uri] = url
     except SourceError as exc:
         log.warning("fetching URLs without credential lookup: %s", exc)
     return mapping
+
+
+def _original_url(spec: UrlManifestSource, uri: str) -> str:
+    """The URL to fetch for the row ``uri`` (its credentials looked up in the manifest).
+
+    Raises FetchError ``missing`` for a keyed identity the manifest no longer holds: fetching
+    its redacted form would ask for something else (or without its credentials)."""
+    url = _manifest_originals(spec).get(uri)
+    if url is not None:
+        return url
+    if f"#{_KEY_FRAGMENT}" in uri:
+        raise FetchError("missing", f"{uri}: no longer in the manifest {spec.manifest}, so "
+                         "its credentials are unknown")
+    return uri
 
 
 def _is_public(address: str) -> bool:
@@ -673,7 +921,7 @@ def _read_capped(resp: http.client.HTTPResponse, shown: str, max_bytes: int,
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "FetchError", "LocalSource", "S3Source", "SourceObject", "SourceSpec",
-    "UrlManifestSource", "list_objects", "parse_source", "read_object", "s3_client",
-    "source_from_dict", "strip_credentials",
+    "IMAGE_EXTENSIONS", "FetchError", "ListingReport", "LocalSource", "S3Source", "SourceObject",
+    "SourceSpec", "UrlManifestSource", "list_objects", "parse_source", "read_object",
+    "relative_path", "s3_client", "source_from_dict", "strip_credentials", "url_identity",
 ]

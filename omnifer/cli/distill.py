@@ -24,10 +24,10 @@ Format = Literal["folder", "parquet"]
 
 def _load_sampler(data: str, fmt: str, image_size: int, classes: list[str] | None,
                   label_column: str, image_column: str):
-    from omnifer.distill import ParquetClassSampler, TensorClassSampler, read_image_folder
+    from omnifer.distill import ParquetClassSampler, TensorClassSampler, read_folder_tensors
 
     if fmt == "folder":
-        images, labels, names = read_image_folder(data, image_size, classes)
+        images, labels, names = read_folder_tensors(data, image_size, classes)
         return TensorClassSampler(images, labels, len(names)), names
     if fmt == "parquet":
         sampler = ParquetClassSampler(data, classes, image_size, label_column=label_column,
@@ -125,7 +125,7 @@ def evaluate(
     """Print test accuracy (mean ± std over fresh ConvNets): distilled vs random vs herding."""
     import pyarrow.parquet as pq
 
-    from omnifer.distill import DistilledSet, read_image_folder
+    from omnifer.distill import DistilledSet, read_folder_tensors
     from omnifer.distill_eval import compare_methods
 
     if not distilled.exists():
@@ -133,7 +133,7 @@ def evaluate(
     dset = DistilledSet.from_arrow(pq.read_table(distilled))
     cfg = dset.config.model_copy(update={"seed": seed, "device": device})
     size = dset.images.shape[-1]
-    test_x, test_y, _ = read_image_folder(test, size, dset.classes)
+    test_x, test_y, _ = read_folder_tensors(test, size, dset.classes)
     baselines: tuple[str, ...] = ()
     if data is not None:
         sampler, _ = _load_sampler(data, fmt, size, dset.classes, label_column, image_column)
