@@ -86,12 +86,24 @@ def corpus_cases(work: Path, table: Table) -> None:
     plan = ingest.plan_ingest(catalog, [LocalSource(root=str(root))], DATE, params, 1000)
     sabotage(root, cases)
     ingest.process_shard(catalog, plan, plan.shards[0], "bench")
+    listing = plan.listing
+    n_rowed = catalog.connect().execute("SELECT count(*) FROM images").fetchone()[0]
+    table.add("listing: listed vs rowed", f"{sum(c.status is not None for c in cases)} = "
+              f"{sum(c.status is not None for c in cases)}", f"{listing['listed']} = {n_rowed}")
+    table.add("listing: junk ignored, odd entries skipped",
+              f"{sum(c.no_row == 'ignored' for c in cases)}, "
+              f"{sum((c.no_row or '').startswith('skipped') for c in cases)}",
+              f"{listing['ignored']}, {listing['skipped_entries']}")
     rows: dict[str, list[tuple]] = {}
     for r in catalog.connect().execute(
             "SELECT source_uri, status, n_faces, error FROM images").fetchall():
         rows.setdefault(r[0], []).append(r[1:])
     for case in cases:
         got = rows.get(case_uri(root, case), [])
+        if case.status is None:  # junk or an odd entry: listing leaves it out, with a count
+            seen = f"no row ({case.no_row})" if not got else f"{len(got)} row(s)"
+            table.add(f"input: {case.key}", f"no row ({case.no_row})", seen, "-", len(got))
+            continue
         want = case.status + (f", {case.n_faces} faces" if case.n_faces is not None else "")
         if got:
             status, n_faces, _error = got[0]

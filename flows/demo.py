@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from omnifer.catalog import DataCatalog
 from omnifer.config import load_settings
 from omnifer.models import versions
+from omnifer.params import check_date
 
 EXAMPLE_QUERIES = {
     "Curated faces per class per night": (
@@ -61,6 +62,8 @@ def run_demo(
     from omnifer.training.evaluate import evaluate_model
     from omnifer.training.train import train_model
 
+    if date is not None:  # before minutes of work, not after
+        check_date(date, "date")
     out = Path(out).resolve()
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
@@ -104,7 +107,7 @@ def run_demo(
 
     t = _step("4/5 nightly flow (Prefect, temporary local server): ingest, select, "
               "distill, retrain")
-    ingest_date = date or dt.datetime.now(dt.UTC).date().isoformat()
+    ingest_date = check_date(date or dt.datetime.now(dt.UTC).date().isoformat(), "date")
     # Retraining needs the labeled set; the CPU-sized distillation settings are in omnifer.yaml.
     retrain = {"enabled": True, "recipe": "distilled",
                "labeled": {"path": str(world / "labeled"), "format": "rafdb"}}

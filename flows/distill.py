@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_run_id
+from flows.hooks import end_run_record
 from flows.retrain import retrain_flow
 from omnifer.catalog import DataCatalog
 from omnifer.catalog.runs import recorded_run
@@ -23,7 +24,8 @@ from omnifer.distill.stage import DistillResult
 from tasks.retrain import distill_task
 
 
-@flow(name="distill", log_prints=True)
+@flow(name="distill", log_prints=True, on_failure=[end_run_record],
+      on_crashed=[end_run_record])
 def distill_flow(
     curated_versions: list[str] | None = None,
     method: str | None = None,

@@ -1,17 +1,18 @@
 """The nightly ingest flow: plan → shards in parallel → select → summary.
 
-Shards run through a thread pool with at most ``workers`` in flight; each worker keeps its detector
-and model warm (``omnifer.pipeline.workers.WorkerResources``). A failed shard does not stop the
+Shards run through a thread pool with at most ``workers`` in flight, or on a Dask cluster
+(``task_runner="dask"``, see ``flows.runners``); each worker thread or process keeps its
+detector and model warm (``omnifer.pipeline.workers.WorkerResources``). A failed shard does
+not stop the
 others: the flow selects from what committed, writes its summary, then fails so that a rerun
 (``omnifer rerun``, Prefect's retry, or the next night) does only the missing shards.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import os
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -21,7 +22,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import flow_run_id
 from flows.distill import distill_flow
+from flows.hooks import end_run_record
 from flows.retrain import retrain_flow
+from flows.runners import (
+    RunnerChoice,
+    choose_runner,
+    require_dask,
+    require_prefect_server,
+    shard_error,
+    shard_runner,
+)
 from omnifer.catalog import DataCatalog
 from omnifer.catalog.runs import RunRecord, recorded_run
 from omnifer.config import RetrainSettings, Settings, load_settings
@@ -29,6 +39,7 @@ from omnifer.curation.curated import undistilled_rows
 from omnifer.curation.selection import policy_from_settings
 from omnifer.errors import OmniferError
 from omnifer.models.versions import primitive_model
+from omnifer.params import check_date
 from omnifer.pipeline import ingest
 from omnifer.runtime import heap
 from omnifer.runtime.progress import Meter
@@ -37,21 +48,9 @@ from tasks.ingest import compact_task, plan_task, select_task, shard_task, summa
 from tasks.report import report_task
 
 
-def _wait_any(futures: list[Any], timeout: float = 1.0) -> list[Any]:
-    """The futures that have finished, waiting up to ``timeout`` s for at least one.
-
-    Waits on the thread pool's own futures, which is free. ``future.state`` is an HTTP call to
-    the Prefect API each time; polling it every 50 ms per shard in flight cost about 5 % of a
-    core in the flow, plus the API server's share of the same machine.
-    """
-    wrapped = {getattr(f, "wrapped_future", None): f for f in futures}
-    if None in wrapped or not all(isinstance(w, cf.Future) for w in wrapped):
-        done = [f for f in futures if f.state.is_final()]  # another runner's futures
-        if not done:
-            time.sleep(0.05)
-        return done
-    finished, _ = cf.wait(list(wrapped), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-    return [wrapped[w] for w in finished]
+@contextlib.contextmanager
+def _no_runner() -> Any:
+    yield None  # nothing to run: do not start a cluster for an empty plan
 
 
 def _configure_threads(workers: int) -> None:
@@ -61,42 +60,64 @@ def _configure_threads(workers: int) -> None:
     heap.limit_arenas(max(2, workers))  # before the shard threads start: omnifer.runtime.heap
 
 
-@flow(name="nightly-ingest", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
+@flow(name="nightly-ingest", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True,
+      on_failure=[end_run_record], on_crashed=[end_run_record])
 def nightly_ingest(
     date: str | None = None,
     sources: list[str] | None = None,
     shard_size: int | None = None,
     workers: int | None = None,
     retrain: dict[str, Any] | None = None,
+    task_runner: str | None = None,
+    dask_address: str | None = None,
+    resumes: str | None = None,
 ) -> dict[str, Any]:
     """Ingest what is new in ``sources`` for ``date`` (default: today, UTC).
 
+    ``resumes``: the run id this run finishes (``omnifer rerun`` sets it; both records link).
+
     ``retrain``: overrides of the ``retrain`` settings for this run (e.g. ``{"enabled": true}``).
+    ``task_runner``: ``threads`` or ``dask`` (default ``ingest.task_runner``); ``dask_address``:
+    a Dask scheduler (``tcp://host:8786``) or ``local`` (a LocalCluster of ``workers``
+    processes for this run); an address alone implies ``dask``. Dask needs the ``dask`` extra
+    and a Prefect server (``PREFECT_API_URL``); without them the run fails before it starts.
     """
+    if date is not None:  # before anything else: it names the night's folders
+        check_date(date, "date")
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
-    ingest_date = date or dt.datetime.now(dt.UTC).date().isoformat()
+    ingest_date = check_date(date or dt.datetime.now(dt.UTC).date().isoformat(), "date")
     run_id = flow_run_id("local")
     specs = [parse_source(s) for s in (sources or settings.sources)]
     if not specs:
-        raise OmniferError("no sources: pass sources=[...] or set 'sources' in omnifer.yaml")
+        raise OmniferError("no sources: pass sources=[...], set 'sources' in omnifer.yaml, or "
+                           "set OMNIFER_SOURCES='[\"s3://bucket/prefix\"]' where the flow "
+                           "runs (the worker's environment)")
     workers = workers or settings.ingest.workers
-    _configure_threads(workers)
+    runner = choose_runner(settings.ingest, task_runner, dask_address, workers)
+    if runner.kind == "dask":
+        require_dask()
+        require_prefect_server()
+    else:
+        _configure_threads(workers)
     model_version, model_uri = primitive_model(catalog)
     params = ingest.IngestParams(
         **settings.ingest.model_dump(exclude={"shard_size", "workers", "compact"}),
         model_version=model_version,
         model_uri=model_uri,
     )
-    parameters = {"sources": [str(s) for s in (sources or settings.sources)]}
-    with recorded_run(catalog, run_id, "nightly-ingest", ingest_date, parameters) as run:
-        summary = _night(run, settings, catalog, specs, ingest_date, params, workers,
+    parameters = {"sources": [str(s) for s in (sources or settings.sources)],
+                  **runner.as_parameters()}
+    with recorded_run(catalog, run_id, "nightly-ingest", ingest_date, parameters,
+                      resumes=resumes) as run:
+        summary = _night(run, settings, catalog, specs, ingest_date, params, runner,
                          shard_size or settings.ingest.shard_size, retrain)
     return summary
 
 
 def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list[Source],
-           ingest_date: str, params: ingest.IngestParams, workers: int, shard_size: int,
+           ingest_date: str, params: ingest.IngestParams, runner: RunnerChoice,
+           shard_size: int,
            retrain: dict[str, Any] | None) -> dict[str, Any]:
     """The nightly flow's stages, recorded in ``run``; raises after recording when a shard or
     the retraining failed."""
@@ -106,6 +127,9 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
     plan = plan_task(catalog, specs, ingest_date, params, shard_size)
     logger.info("plan %s: %d objects in %d shards", plan.plan_id, plan.n_objects,
                 len(plan.shards))
+    # Listed vs rowed: every listed object is planned (one images row each) or unchanged.
+    run.stage("plan", "completed",
+               {"plan_id": plan.plan_id, "planned": plan.n_objects, **plan.listing})
 
     results: list[ingest.ShardResult] = []
     failed: list[str] = []
@@ -115,22 +139,45 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
     # A shard needs the plan's id, sources and params, not its other shards: Prefect walks
     # every task argument (twice per task), and the whole plan made that O(objects) per shard.
     task_plan = plan.model_copy(update={"shards": []})
+    if plan.shards:
+        logger.info("shards run on %s", runner.describe())
     with Meter(f"ingest {ingest_date}", plan.n_objects, "img") as meter:
-        while pending or in_flight:
-            while pending and len(in_flight) < workers:
-                shard = pending.pop(0)
-                in_flight[shard_task.submit(catalog, task_plan, shard, run_id)] = shard.shard_id
-            for fut in _wait_any(list(in_flight)):
-                shard_id = in_flight.pop(fut)
-                try:
-                    results.append(fut.result())
-                except Exception as exc:
-                    logger.error("shard %s failed: %s", shard_id, exc)
-                    failed.append(shard_id)
-                meter.advance(sizes[shard_id])
+        try:
+            with shard_runner(runner) if plan.shards else _no_runner() as submitter:
+                while pending or in_flight:
+                    if not in_flight and not submitter.alive():
+                        logger.error("the Dask scheduler is gone: %d shard(s) not started",
+                                     len(pending))
+                        failed += [s.shard_id for s in pending]
+                        break
+                    while pending and len(in_flight) < submitter.slots and submitter.alive():
+                        shard = pending.pop(0)
+                        fut = submitter.submit(shard_task, catalog=catalog, plan=task_plan,
+                                               shard=shard, run_id=run_id)
+                        in_flight[fut] = shard.shard_id
+                    for fut in submitter.wait_any(list(in_flight)):
+                        shard_id = in_flight.pop(fut)
+                        try:
+                            results.append(fut.result())
+                        except Exception as exc:
+                            logger.error("shard %s failed: %s", shard_id, shard_error(exc))
+                            failed.append(shard_id)
+                        meter.advance(sizes[shard_id])
+        except OmniferError as exc:  # the runner did not start (e.g. no scheduler there)
+            logger.error("shards not run: %s", exc)
+            failed += [s.shard_id for s in pending] + list(in_flight.values())
+            pending, in_flight = [], {}
     counts = {"shards": len(plan.shards), "done": len(results),
               "skipped": sum(r.skipped for r in results), "failed": len(failed),
-              "failed_ids": failed, "ran_ids": [r.shard_id for r in results if not r.skipped]}
+              "planned": plan.n_objects, "rowed": sum(r.images for r in results),
+              "failed_ids": failed, "ran_ids": [r.shard_id for r in results if not r.skipped],
+              # skipped by a marker although their data is gone (omnifer catalog verify)
+              "blocked": sum(bool(r.missing_data) for r in results),
+              "blocked_ids": [r.shard_id for r in results if r.missing_data]}
+    if counts["blocked"]:
+        logger.warning("%d shard(s) of %s skipped because their markers say done, but their "
+                       "data is gone: run `omnifer catalog verify --repair`, then `omnifer "
+                       "rerun --date %s --force`", counts["blocked"], ingest_date, ingest_date)
     run.stage("shards", "failed" if failed else "completed", counts)
     if not failed and settings.ingest.compact:
         # One file per night and dataset, before anything reads the night back.
@@ -148,7 +195,8 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
     run.stage("select", "completed", curated.model_dump())
     summary = summarize_task(catalog, ingest_date)
     summary.update(run_id=run_id, plan_id=plan.plan_id, model_version=model_version,
-                   curated_version=curated.curated_version, failed_shards=failed)
+                   curated_version=curated.curated_version, failed_shards=failed,
+                   blocked_shards=counts["blocked_ids"])
     retrain_error = None
     if not failed:
         trigger = trigger_retraining(catalog, settings.retrain_settings(retrain), retrain)

@@ -14,13 +14,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_run_id
+from flows.hooks import end_run_record
 from omnifer.catalog import DataCatalog
 from omnifer.catalog.runs import recorded_run
 from omnifer.config import load_settings
 from tasks.retrain import retrain_task
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, on_failure=[end_run_record],
+      on_crashed=[end_run_record])
 def retrain_flow(
     recipe: str | None = None,
     distilled_version: str | None = None,

@@ -8,35 +8,61 @@ curated version, so nothing is added twice), and the retried nights are compacte
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import flow_run_id
+from flows.hooks import end_run_record
+from flows.runners import (
+    RunnerChoice,
+    choose_runner,
+    require_dask,
+    require_prefect_server,
+    shard_error,
+    shard_runner,
+)
 from omnifer.catalog import DataCatalog
 from omnifer.catalog.runs import RunRecord, recorded_run
 from omnifer.config import Settings, load_settings
 from omnifer.curation.selection import policy_from_settings
 from omnifer.errors import OmniferError
+from omnifer.params import check_date
 from omnifer.pipeline import retry
 from tasks.ingest import compact_task, select_task
 from tasks.retry import find_failed_task, retry_shard_task
 
 
-@flow(name="retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
-def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2) -> dict[str, Any]:
-    """Retry the shards with failed ``stage`` rows (``date``: one night; default all)."""
+@flow(name="retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True,
+      on_failure=[end_run_record], on_crashed=[end_run_record])
+def retry_failed_flow(stage: str, date: str | None = None, workers: int = 2,
+                      resumes: str | None = None, task_runner: str | None = None,
+                      dask_address: str | None = None) -> dict[str, Any]:
+    """Retry the shards with failed ``stage`` rows (``date``: one night; default all).
+
+    ``resumes``: the run id this run finishes (``omnifer rerun`` sets it; both records link).
+    ``task_runner`` / ``dask_address``: where the shards run, as for the nightly ingest
+    (``flows.runners``; default ``ingest.task_runner``).
+    """
+    if date is not None:  # before anything else: it names folders
+        check_date(date, "date")
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
+    runner = choose_runner(settings.ingest, task_runner, dask_address, max(1, workers))
+    if runner.kind == "dask":
+        require_dask()
+        require_prefect_server()
     run_id = flow_run_id("local")
     with recorded_run(catalog, run_id, "retry-failed", date or "all",
-                      {"stage": stage, "date": date}) as run:
-        return _retry(run, settings, catalog, stage, date, workers)
+                      {"stage": stage, "date": date, **runner.as_parameters()},
+                      resumes=resumes) as run:
+        return _retry(run, settings, catalog, stage, date, runner)
 
 
 def _retry(run: RunRecord, settings: Settings, catalog: DataCatalog, stage: str,
-           date: str | None, workers: int) -> dict[str, Any]:
+           date: str | None, runner: RunnerChoice) -> dict[str, Any]:
     """The retry flow's stages, recorded in ``run``; raises after recording when a shard
     failed again."""
     logger = get_run_logger()
@@ -46,16 +72,30 @@ def _retry(run: RunRecord, settings: Settings, catalog: DataCatalog, stage: str,
 
     results: list[retry.RetryResult] = []
     failed: list[str] = []
-    for start in range(0, len(targets), max(1, workers)):
-        batch = targets[start : start + max(1, workers)]
-        futures = [retry_shard_task.submit(catalog, t.ingest_date, t.shard_id, stage, run_id)
-                   for t in batch]
-        for target, fut in zip(batch, futures, strict=True):
-            try:
-                results.append(fut.result())
-            except Exception as exc:
-                logger.error("retry of shard %s failed: %s", target.shard_id, exc)
-                failed.append(target.shard_id)
+    started = 0
+    try:
+        with shard_runner(runner) if targets else contextlib.nullcontext() as submitter:
+            step = submitter.slots if submitter else 1
+            for start in range(0, len(targets), step):
+                if not submitter.alive():
+                    logger.error("the Dask scheduler is gone: %d shard(s) not started",
+                                 len(targets) - start)
+                    break
+                batch = targets[start : start + step]
+                futures = [submitter.submit(retry_shard_task, catalog=catalog,
+                                            ingest_date=t.ingest_date, shard_id=t.shard_id,
+                                            stage=stage, run_id=run_id) for t in batch]
+                started += len(batch)
+                for target, fut in zip(batch, futures, strict=True):
+                    try:
+                        results.append(fut.result())
+                    except Exception as exc:
+                        logger.error("retry of shard %s failed: %s", target.shard_id,
+                                     shard_error(exc))
+                        failed.append(target.shard_id)
+    except OmniferError as exc:  # the runner did not start (e.g. no scheduler there)
+        logger.error("shards not run: %s", exc)
+    failed += [t.shard_id for t in targets[started:]]
     counts = {"shards": len(targets), "done": len(results), "failed": len(failed),
               "failed_ids": failed, "retried": sum(r.retried for r in results),
               "recovered": sum(r.recovered for r in results),

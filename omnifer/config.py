@@ -19,6 +19,7 @@ in the middle of a shard.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,23 @@ class DatasetSpec(BaseModel):
     partitioning: list[str] = Field(default_factory=list)
     key: list[str] = Field(default_factory=list)
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # Names become DuckDB views and (with partition columns) folder names.
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
+            raise ValueError(f"dataset name {value!r} must be lower-case letters, digits, _")
+        return value
+
+    @field_validator("partitioning")
+    @classmethod
+    def _plain_columns(cls, value: list[str]) -> list[str]:
+        for col in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", col):
+                raise ValueError(f"partition column {col!r} must be lower-case letters, "
+                                 "digits, _")
+        return value
 
 
 class Catalog(BaseModel):
@@ -97,6 +115,15 @@ class IngestSettings(BaseModel):
     min_det_score: float = Field(0.6, ge=0, le=1)
     min_face_size: int = Field(32, ge=8)
     max_side: int = Field(1280, ge=128)
+    # Detection scale (omnifer.faces.FaceFinder; README "Face detection"): "auto" searches each
+    # image at the scale its smallest kept face (min_face_size) needs and detects every face
+    # again at ~refine_px for full-quality landmarks; "full" searches the whole image at up to
+    # max_side (SCRFD: 640), as before. whole_frame: also search a padded thumbnail, so a face
+    # that fills the frame (a tight crop) is found with every detector. Recorded in each row's
+    # detector_version.
+    detect_scale: Literal["auto", "full"] = "auto"
+    refine_px: int = Field(160, ge=32, le=512)
+    whole_frame: bool = True
     shard_size: int = Field(256, ge=1)
     workers: int = Field(2, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
@@ -104,6 +131,19 @@ class IngestSettings(BaseModel):
     crop_jpeg_quality: int = Field(95, ge=50, le=100)
     score_batch_size: int = Field(128, ge=1)
     compact: bool = True  # merge a night's shard files into one per dataset once all committed
+    # Where shards run: ``threads`` (this process, ``workers`` at a time) or ``dask`` (a Dask
+    # cluster through prefect-dask: ``dask_address`` is ``tcp://host:8786`` for an existing
+    # scheduler, or ``local`` for a LocalCluster of ``workers`` processes on 127.0.0.1).
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = None
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is None or value == "local" or "://" in value or ":" in value:
+            return value
+        raise ValueError(f"'{value}' is neither 'local' nor a scheduler address "
+                         "like tcp://host:8786")
 
 
 class LabeledSpec(BaseModel):
@@ -142,7 +182,20 @@ class RetrainSettings(BaseModel):
     # Soft targets for distilled images: this share of the parent model's softmax, the rest on
     # the image's own class (0: one-hot labels). See omnifer.training.retrain.with_teacher_targets.
     teacher_weight: float = Field(0.5, ge=0, le=1)
+    # The same for curated faces (recipes curated/all): 0 keeps their hard pseudo-labels; > 0
+    # is knowledge distillation from the parent (e.g. an imported ONNX teacher) on them.
+    curated_teacher_weight: float = Field(0.0, ge=0, le=1)
     min_gain: float = Field(0.0, ge=0)
+
+
+class RunsSettings(BaseModel):
+    """Run records (``omnifer.runs``): how often a run says it is alive, and when a run that
+    stopped saying so counts as crashed (``omnifer runs`` shows it ``crashed``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heartbeat_s: float = Field(30.0, gt=0)  # a running flow rewrites its record this often
+    stale_after_s: float = Field(180.0, gt=0)  # no heartbeat for this long: crashed
 
 
 class Settings(BaseSettings):
@@ -154,12 +207,25 @@ class Settings(BaseSettings):
 
     catalog_file: Path = Field(Path("data_catalog.yaml"), alias="OMNIFER_CATALOG")
     catalog_root: str | None = None
+    # Each a folder, s3://bucket/prefix, urls:manifest.csv, or a mapping with ``kind`` and
+    # options (e.g. ``exclude: ["*.mov", "drafts/"]``), kept as its JSON text.
     sources: list[str] = Field(default_factory=list)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     selection: dict[str, Any] = Field(default_factory=dict)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
 
     model_config["populate_by_name"] = True
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _source_mappings(cls, value: Any) -> Any:
+        """A YAML mapping source becomes the JSON text that ``parse_source`` reads."""
+        import json
+
+        if isinstance(value, list):
+            return [json.dumps(v) if isinstance(v, dict) else v for v in value]
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -259,6 +325,15 @@ class Environment(BaseModel):
     progress_bars: bool = True
     log_level: str = "INFO"
     config_file: str = "omnifer.yaml"
+
+
+def variable(name: str) -> str | None:
+    """The value of environment variable ``name`` (None when unset or empty), for the few
+    variables that are not omnifer's own settings: ``OMNIFER_REPO`` in a deployment's pull
+    step, ``PREFECT_API_URL`` / ``PREFECT_API_KEY`` when asking Prefect about a run. Read here
+    so that this module stays the one reader of the environment."""
+    value = os.environ.get(name, "").strip()
+    return value or None
 
 
 def environment() -> Environment:

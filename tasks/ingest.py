@@ -6,9 +6,10 @@ tasks carry ``NO_CACHE``: Prefect's own result cache would be a second, weaker c
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from omnifer.catalog import DataCatalog, compaction
@@ -16,6 +17,7 @@ from omnifer.curation.curated import CuratedResult, select_curated
 from omnifer.curation.selection import SelectionPolicy
 from omnifer.pipeline import ingest
 from tasks.logging import attach_prefect_logger
+from tasks.worker import prepare_dask_worker
 
 
 @task(name="plan", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -37,8 +39,21 @@ def plan_task(
 def shard_task(
     catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec, run_id: str
 ) -> ingest.ShardResult:
+    """Process one shard (``omnifer.ingest.process_shard``), here or on a Dask worker.
+
+    ``plan`` carries the sources and parameters but no shards (the flow strips them), so the
+    arguments stay small when Dask pickles them. On a Dask worker the process is set up once
+    and must see the catalog (see ``tasks.worker``).
+    """
     attach_prefect_logger()
-    return ingest.process_shard(catalog, plan, shard, run_id)
+    logger = get_run_logger()
+    worker = prepare_dask_worker(catalog, run_id, logger)
+    # On Dask, the plan's other shards run in other processes: claim content in the catalog.
+    result = ingest.process_shard(catalog, plan, shard, run_id, shared_claims=worker is not None)
+    if worker and not result.skipped:
+        logger.info("shard %s: %d images, %d faces in %.1f s on %s (pid %d)", shard.shard_id,
+                    result.images, result.faces, result.seconds, worker, os.getpid())
+    return result
 
 
 @task(name="select", retries=1, cache_policy=NO_CACHE)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from omnifer.catalog import DataCatalog
 from omnifer.pipeline import retry
 from tasks.logging import attach_prefect_logger
+from tasks.worker import prepare_dask_worker
 
 
 @task(name="find-failed", cache_policy=NO_CACHE)
@@ -28,4 +29,5 @@ def retry_shard_task(
     catalog: DataCatalog, ingest_date: str, shard_id: str, stage: str, run_id: str
 ) -> retry.RetryResult:
     attach_prefect_logger()
+    prepare_dask_worker(catalog, run_id, get_run_logger())  # on Dask: see tasks.worker
     return retry.retry_shard(catalog, ingest_date, shard_id, stage, run_id)

@@ -10,6 +10,8 @@ Routes (GET):
   /always503            503 every time
   /auth                 the image if Basic user:pass and ?token=abc are sent, else 401
   /slow                 sleeps 2 s before answering
+  /signed/NAME?sig=S    a PNG of its own for each (NAME, S) (64×64, colour from both); 403
+                        without sig; 404 while S is in ``server.down`` (a set, empty at start)
   anything else         404
 Every request's path and headers are recorded in ``server.requests``.
 """
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 BIG = b"x" * (1 << 20)
 
@@ -79,8 +82,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(2)
             self._send(200, srv.image)
+        elif path.startswith("/signed/"):
+            sig = parse_qs(query).get("sig", [None])[0]
+            if sig is None:
+                self._send(403, b"no signature")
+            elif sig in srv.down:
+                self._send(404, b"gone for now")
+            else:
+                self._send(200, signed_png(path, sig), {"Content-Type": "image/png"})
         else:
             self._send(404, b"not found")
+
+
+def signed_png(path: str, sig: str) -> bytes:
+    """The bytes ``/signed/...?sig=S`` serves: a 64×64 PNG whose colour depends on both."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    r, g, b = hashlib.sha256(f"{path}?{sig}".encode()).digest()[:3]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (r, g, b)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 @contextmanager
@@ -104,7 +128,7 @@ def _serving(handler: type[BaseHTTPRequestHandler], **attrs: Any) -> Iterator[An
 @contextmanager
 def http_server(image: bytes) -> Iterator[Any]:
     """Serve on 127.0.0.1:<free port>; yields the server (``.base_url``, ``.hits``)."""
-    with _serving(_Handler, image=image, requests=[]) as server:
+    with _serving(_Handler, image=image, requests=[], down=set()) as server:
         server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
         yield server
 

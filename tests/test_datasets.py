@@ -65,22 +65,27 @@ def test_rafdb_missing_image_raises_or_skips(tmp_path: Path) -> None:
 
 def _ferplus(folder: Path) -> None:
     folder.mkdir()
+    cols = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger",
+            "disgust", "fear", "contempt", "unknown", "NF"]
+    votes = [  # (usage, image name, votes); what each mode does with the row is in the test
+        ("Training", "fer0.png", [0, 8, 2, 0, 0, 0, 0, 0, 0, 0]),  # happy everywhere
+        ("Training", "fer1.png", [1, 0, 0, 0, 0, 0, 0, 0, 0, 9]),  # NF: never a face
+        ("Training", "fer2.png", [2, 0, 0, 0, 0, 0, 0, 6, 2, 0]),  # contempt
+        ("PrivateTest", "fer3.png", [0, 0, 0, 0, 10, 0, 0, 0, 0, 0]),  # angry (test)
+        ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # no image name
+        ("Training", "fer5.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),  # the issue's 5/5 tie
+        ("Training", "fer6.png", [4, 3, 0, 0, 0, 0, 0, 0, 0, 3]),  # neutral 4 of 10 votes
+        ("Training", "fer7.png", [4, 0, 0, 0, 0, 0, 0, 0, 6, 0]),  # unknown wins
+        ("Training", "fer8.png", [0, 0, 6, 1, 1, 1, 1, 0, 0, 0]),  # singles dropped: surprise
+        ("Training", "fer9.png", [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),  # single votes only
+        ("Training", "fer10.png", [3, 3, 2, 2, 0, 0, 0, 0, 0, 0]),  # 4 emotions to reach 75 %
+        ("Training", "fer11.png", [3, 0, 0, 0, 0, 0, 0, 0, 0, 3]),  # NF tied at the top
+    ]
     pix = " ".join(["128"] * (48 * 48))
-    old = [("3", pix, "Training"), ("0", pix, "Training"), ("0", pix, "Training"),
-           ("0", pix, "PrivateTest"), ("0", pix, "Training")]
     with open(folder / "fer2013.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["emotion", "pixels", "Usage"])
-        w.writerows(old)
-    cols = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger",
-            "disgust", "fear", "contempt", "unknown", "NF"]
-    votes = [
-        ("Training", "fer0.png", [0, 8, 2, 0, 0, 0, 0, 0, 0, 0]),  # happy
-        ("Training", "fer1.png", [1, 0, 0, 0, 0, 0, 0, 0, 0, 9]),  # NF: dropped
-        ("Training", "fer2.png", [2, 0, 0, 0, 0, 0, 0, 6, 2, 0]),  # contempt: dropped
-        ("PrivateTest", "fer3.png", [0, 0, 0, 0, 10, 0, 0, 0, 0, 0]),  # angry (test)
-        ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # no image name: dropped
-    ]
+        w.writerows([("0", pix, usage) for usage, _, _ in votes])
     with open(folder / "fer2013new.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -88,23 +93,51 @@ def _ferplus(folder: Path) -> None:
             w.writerow([usage, name, *v])
 
 
-def test_ferplus_majority_soft_and_contempt(tmp_path: Path) -> None:
+def test_ferplus_follows_its_own_label_protocol(tmp_path: Path) -> None:
+    """FERPlus's reader (github.com/microsoft/FERPlus src/ferplus.py): single votes dropped,
+    majority = more than half of the votes (unknown/NF votes count), rows failing excluded."""
     _ferplus(tmp_path / "fer")
     old, new = tmp_path / "fer" / "fer2013.csv", tmp_path / "fer" / "fer2013new.csv"
-    train = read_ferplus(old, new, "train")
-    assert train.names == ["fer0.png"] and train.classes == CLASSES
-    assert train.classes[int(train.targets[0])] == "happy"
-    assert train.images.shape == (1, 48, 48, 3)
-    soft = read_ferplus(old, new, "train", label_mode="soft")
-    assert soft.is_soft and soft.targets.shape == (1, 7)
-    np.testing.assert_allclose(soft.targets[0, CLASSES.index("happy")], 0.8)
-    np.testing.assert_allclose(soft.targets[0, CLASSES.index("surprise")], 0.2)
-    assert soft.hard_labels().tolist() == [CLASSES.index("happy")]
+
+    def labels(data) -> dict[str, str]:
+        return {n: data.classes[i] for n, i in zip(data.names, data.hard_labels(), strict=True)}
+
+    major = read_ferplus(old, new, "train")
+    assert major.classes == CLASSES and major.images.shape[1:] == (48, 48, 3)
+    # The 5/5 tie used to become neutral; 4 of 10 votes is no majority either.
+    assert labels(major) == {"fer0.png": "happy", "fer8.png": "surprise"}
+    assert major.meta["label_mode"] == "majority"
+    assert major.meta["dropped_by_rule"] == {
+        "no_image": 1, "single_votes_only": 1, "not_face": 2, "unknown": 1, "no_majority": 3,
+        "tie": 0, "too_spread": 0, "contempt": 1}
+    assert major.meta["dropped"] == 9
+
+    plural = read_ferplus(old, new, "train", label_mode="plurality")
+    assert labels(plural) == {"fer0.png": "happy", "fer6.png": "neutral",
+                              "fer8.png": "surprise"}
+    assert plural.meta["dropped_by_rule"]["tie"] == 2  # fer5, fer10
+
+    prob = read_ferplus(old, new, "train", label_mode="probability")
+    assert prob.is_soft and prob.targets.shape == (4, 7)
+    assert prob.meta["dropped_by_rule"]["too_spread"] == 1  # fer10: more than 3 emotions
+    soft = {n: dict(zip(prob.classes, t.round(4).tolist(), strict=True))
+            for n, t in zip(prob.names, prob.targets, strict=True)}
+    assert soft["fer0.png"]["happy"] == 1.0  # 8 of 10 votes cover 75 %: surprise left out
+    assert soft["fer5.png"]["neutral"] == soft["fer5.png"]["happy"] == 0.5
+    assert soft["fer6.png"]["neutral"] == pytest.approx(4 / 7, abs=1e-4)  # NF not a class
+    assert set(soft) == {"fer0.png", "fer5.png", "fer6.png", "fer8.png"}
+    np.testing.assert_allclose(prob.targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert read_ferplus(old, new, "train", label_mode="soft").names == prob.names
+
     with_c = read_ferplus(old, new, "train", include_contempt=True)
     assert with_c.classes == CLASSES_WITH_CONTEMPT
-    assert [with_c.classes[i] for i in with_c.targets] == ["happy", "contempt"]
+    assert labels(with_c)["fer2.png"] == "contempt"
+    assert with_c.meta["dropped_by_rule"]["contempt"] == 0
     test = read_dataset(tmp_path / "fer", "ferplus", "test", size=16)
     assert test.classes[int(test.targets[0])] == "angry" and test.images.shape[1] == 16
+    assert len(read_dataset(tmp_path / "fer", "ferplus", "train", label_mode="plurality")) == 3
+    with pytest.raises(DatasetError, match="label mode"):
+        read_ferplus(old, new, "train", label_mode="vote")  # type: ignore[arg-type]
 
 
 def test_affectnet_crops_face_box_and_drops_codes(tmp_path: Path) -> None:
@@ -123,6 +156,10 @@ def test_affectnet_crops_face_box_and_drops_codes(tmp_path: Path) -> None:
         w.writerow(["1/b.png", 40, 10, 30, 20, "", 7, 0, 0])  # contempt: dropped
     data = read_affectnet(root / "training.csv", root, size=16)
     assert len(data) == 1 and data.meta["dropped"] == 2
+    assert data.meta["dropped_by_rule"] == {"none": 1, "uncertain": 0, "no_face": 0,
+                                            "contempt": 1, "invalid_code": 0}
+    eight = read_affectnet(root / "training.csv", root, include_contempt=True, size=16)
+    assert [eight.classes[i] for i in eight.targets] == ["angry", "contempt"]
     assert data.classes[int(data.targets[0])] == "angry"
     assert data.images.shape == (1, 16, 16, 3) and data.images.min() == 255
     assert len(read_dataset(root, "affectnet", "train", size=16)) == 1
@@ -160,3 +197,21 @@ def test_labeled_data_helpers() -> None:
     with pytest.raises(DatasetError):
         data.remapped(["a"])
     assert data.digest() != data.subset([1, 0]).digest()
+
+
+def test_cli_train_ferplus_says_what_each_rule_dropped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from omnifer.cli import app
+
+    _ferplus(tmp_path / "fer")
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("arch: fercnn_tiny\ninput_size: 16\nbatch_size: 4\npatience: 0\nthreads: 1\n")
+    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "fer"), "--format",
+                                   "ferplus", "--label-mode", "plurality", "--epochs", "1",
+                                   "--config", str(cfg), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    text = " ".join(res.output.split())
+    # 11 training rows: 3 kept, 8 dropped, each by its rule (rules that dropped none unsaid)
+    assert ("(plurality): kept 3 rows, dropped 8: no_image 1, single_votes_only 1, not_face 2, "
+            "unknown 1, tie 2, contempt 1 training") in text

@@ -134,3 +134,43 @@ def test_exif_orientation_is_applied() -> None:
 
     plain = decode_image(_save(img, "JPEG"))
     assert plain.image.shape == (20, 40, 3) and not plain.orientation_applied
+
+
+# -- issue 15: the bytes decide, metadata limits never cost the pixels --------------------------
+def test_png_with_a_2mb_text_chunk_decodes_but_the_pixel_guard_stays() -> None:
+    from omnifer.testing.badinput import png_with_text
+
+    img = _noise(40, 30, seed=3)
+    data = png_with_text(img, 2_000_000, seed=1)  # zTXt: ~2 MB compressed, 2 MB of text
+    assert len(data) > 2_000_000
+    with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):  # what Pillow alone says
+        Image.open(io.BytesIO(data)).load()
+    out = decode_image(data)
+    assert out.format == "png"
+    np.testing.assert_array_equal(out.image[:, :, ::-1], np.asarray(img))  # same pixels
+    # Stripping metadata must not get a decompression bomb past the pixel-count guard.
+    bomb = _png_claiming(50_000, 50_000)
+    text = png_with_text(Image.new("RGB", (1, 1)), 2_000_000, seed=2)
+    (length,) = struct.unpack(">I", text[33:37])  # the zTXt chunk right after IHDR
+    chunk = text[33 : 45 + length]
+    assert chunk[4:8] == b"zTXt"
+    assert _status(bomb[:33] + chunk + bomb[33:]) == "too_large"
+
+
+def test_heic_and_avif_decode_by_content_whatever_the_name() -> None:
+    from omnifer.imaging.decode import HEIF_AVAILABLE, sniff
+
+    img = Image.new("RGB", (48, 32), (200, 40, 20))
+    for fmt, name in (("AVIF", "avif"), ("HEIF", "heif")):
+        if fmt == "HEIF" and not HEIF_AVAILABLE:
+            continue
+        out = decode_image(_save(img, fmt, quality=95))
+        assert out.format == name and (out.width, out.height) == (48, 32)
+        assert np.abs(out.image[16, 24].astype(int) - [20, 40, 200]).max() < 12  # BGR
+    # A decoder this install lacks, or not an image at all: the reason names what it is.
+    heic_head = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+    assert sniff(heic_head) == ("unsupported", "HEIF/HEIC image: no HEIF decoder installed "
+                                "(pip install pillow-heif)")
+    assert sniff(b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ")[0] == "not_image"
+    assert "PDF" in sniff(b"%PDF-1.7\n")[1]
+    assert _status(b"%PDF-1.7\n" + bytes(100)) == "not_image"

@@ -17,7 +17,7 @@ import boto3
 import pytest
 import yaml
 
-from omnifer.catalog import DataCatalog
+from omnifer.catalog import DataCatalog, runs
 from omnifer.config import load_catalog
 from omnifer.demo.truth import load_truth, match_faces
 from omnifer.models import versions
@@ -128,6 +128,11 @@ def test_killed_run_then_rerun_equals_one_clean_run(
     proc.wait()
     n_done = len(list(markers.iterdir()))
     assert 1 <= n_done < 10, "the kill must land mid-run"
+    # Its record could not end itself; what `omnifer runs` shows is the truth: crashed.
+    (killed,) = runs.list_runs(crashed)
+    assert killed["state"] == "running"
+    state, why = runs.observe(killed)
+    assert state == "crashed" and "is gone" in why
 
     proc = ingest(crash_path)
     out, _ = proc.communicate(timeout=600)

@@ -59,7 +59,7 @@ def test_cli_train_score_select_evaluate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["score", "--model", str(model), "--images",
                               str(tmp_path / "pool"), "--out", str(tmp_path / "bad.parquet")])
     assert res.exit_code == 0, res.output
-    assert pq.read_table(tmp_path / "bad.parquet")["status"].to_pylist() == ["corrupt"]
+    assert pq.read_table(tmp_path / "bad.parquet")["status"].to_pylist() == ["not_image"]
 
     curated = tmp_path / "curated.parquet"
     res = runner.invoke(app, ["select", "--scores", str(scores), "--out", str(curated),

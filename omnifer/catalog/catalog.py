@@ -26,6 +26,7 @@ from omnifer import storage
 from omnifer.catalog.schemas import SCHEMAS
 from omnifer.config import Catalog, Settings, is_remote, join_uri, load_settings
 from omnifer.errors import DatasetError
+from omnifer.params import check_date, check_name, check_segment
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class DataCatalog:
         return self.catalog.uri(name)
 
     def aux_uri(self, *parts: str) -> str:
-        """A URI under the catalog root (prefer the named locations below)."""
+        """A URI under the catalog root (prefer the named locations below); each part must be
+        one path segment (:func:`omnifer.params.check_segment`: a run id of ``../x`` must not
+        leave the root)."""
+        for part in parts:
+            check_segment(part, "catalog path part")
         return self.catalog.aux_uri(*parts)
 
     # -- bookkeeping beside the datasets ------------------------------------------------------
@@ -69,14 +74,15 @@ class DataCatalog:
 
     def shard_marker_uri(self, ingest_date: str, shard_id: str) -> str:
         """The commit marker of one shard: its existence means the shard is committed."""
-        return join_uri(self.shard_markers_uri(ingest_date), f"{shard_id}.json")
+        return join_uri(self.shard_markers_uri(ingest_date),
+                        f"{check_segment(shard_id, 'shard id')}.json")
 
     def runs_uri(self) -> str:
         """Folder of run records (``<run_id>.json``)."""
         return self.aux_uri("_runs")
 
     def run_record_uri(self, run_id: str) -> str:
-        return join_uri(self.runs_uri(), f"{run_id}.json")
+        return join_uri(self.runs_uri(), f"{check_segment(run_id, 'run id')}.json")
 
     def report_uri(self, ingest_date: str, run_id: str) -> str:
         """Where a run's HTML report lives beside the catalog."""
@@ -98,6 +104,13 @@ class DataCatalog:
         cols = self.partition_cols(name)
         if set(partition) != set(cols):
             raise DatasetError(f"dataset {name} is partitioned by {cols}, got {sorted(partition)}")
+        # The values become folders: a date of 2026/12/01 must not become three of them.
+        for col in cols:
+            if col.endswith("date"):
+                check_date(partition[col], col)
+            else:
+                check_name(partition[col], col)
+        check_name(filename, f"{name} file name")
         parts = [f"{c}={partition[c]}" for c in cols]
         return join_uri(self.uri(name), *parts, filename)
 

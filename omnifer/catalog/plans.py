@@ -35,6 +35,10 @@ class IngestParams(BaseModel):
     min_det_score: float = 0.6
     min_face_size: int = 32
     max_side: int = 1280
+    # Detection scale (omnifer.faces.detectors): "auto" | "full", refinement size, frame pass
+    detect_scale: str = "auto"
+    refine_px: int = 160
+    whole_frame: bool = True
     max_pixels: int = 40_000_000
     max_bytes: int = 50_000_000
     crop_jpeg_quality: int = 95
@@ -72,6 +76,10 @@ class IngestPlan(BaseModel):
     params: IngestParams
     shards: list[ShardSpec]
     created_at: dt.datetime = Field(default_factory=utc_now)
+    # What listing saw (omnifer.sources.listing.ListingReport.as_dict() + unchanged/planned):
+    # every listed object is planned (-> one images row) or unchanged (its row is from a past
+    # night).
+    listing: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def n_objects(self) -> int:
@@ -83,6 +91,9 @@ class ShardResult(BaseModel):
 
     shard_id: str
     skipped: bool = False
+    # Skipped because its marker says done, although these datasets hold none of its rows
+    # (the data was deleted): `omnifer catalog verify --repair` lets a rerun rebuild it.
+    missing_data: list[str] = Field(default_factory=list)
     images: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
     faces: int = 0

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 # Importing a module registers its commands on ``app``.
 from omnifer.cli import data as _data  # noqa: E402,F401
 from omnifer.cli import distill as _distill  # noqa: E402,F401
 from omnifer.cli import model as _model  # noqa: E402,F401
+from omnifer.cli import model_import as _model_import  # noqa: E402,F401
 from omnifer.cli import ops as _ops  # noqa: E402,F401
 from omnifer.cli import report as _report  # noqa: E402,F401
 from omnifer.cli import retrain as _retrain  # noqa: E402,F401
@@ -31,5 +34,7 @@ def main() -> None:
     try:
         app()
     except OmniferError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line
+        # escape: a message may hold brackets (pip install -e '.[dask]') that are not markup
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # one line
         sys.exit(exc.exit_code)

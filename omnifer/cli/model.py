@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,7 +19,23 @@ from omnifer.cli._app import app, console
 from omnifer.errors import DatasetError
 from omnifer.runtime.tables import print_table
 
+if TYPE_CHECKING:
+    from omnifer.labeled.base import LabeledData
+
 FORMAT_HELP = "rafdb | ferplus | affectnet | folder"
+LABEL_MODE_HELP = ("ferplus: majority (the dataset's protocol, default) | plurality | "
+                   "probability (soft vote distribution)")
+
+
+def _print_dropped(data: LabeledData) -> None:
+    """One line: how many rows each label rule left out (FERPlus / AffectNet readers)."""
+    rules = data.meta.get("dropped_by_rule")
+    if not isinstance(rules, dict):
+        return
+    shown = ", ".join(f"{k} {v}" for k, v in rules.items() if v) or "none"
+    mode = f" ({data.meta['label_mode']})" if data.meta.get("label_mode") else ""
+    console.print(f"{data.source}{mode}: kept {len(data)} rows, dropped "
+                  f"{data.meta.get('dropped', 0)}: {shown}", highlight=False, soft_wrap=True)
 
 
 @app.command("train")
@@ -43,18 +60,41 @@ def train_cmd(
     balanced: bool | None = typer.Option(None, "--balanced/--no-balanced",
                                          help="class-balanced sampling"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto"),
+    label_mode: str = typer.Option("majority", "--label-mode", help=LABEL_MODE_HELP),
+    contempt: bool = typer.Option(False, "--contempt/--no-contempt",
+                                  help="ferplus/affectnet: keep contempt (8 classes)"),
+    pretrained: Path | None = typer.Option(None, "--pretrained",
+                                           help="local weights file for --arch (state dict, "
+                                                "safetensors or checkpoint): fine-tune it"),
+    freeze_stages: int | None = typer.Option(None, "--freeze-stages",
+                                             help="keep the first N stages (stem, layer1, …) "
+                                                  "frozen"),
+    backbone_lr_scale: float | None = typer.Option(None, "--backbone-lr-scale",
+                                                   help="backbone LR = --lr × this (head: "
+                                                        "--lr)"),
 ) -> None:
-    """Train a model on a labeled dataset; writes weights, prototypes and card.json."""
+    """Train a model on a labeled dataset; writes weights, prototypes and card.json.
+
+    Any registered architecture (--arch fercnn_small, resnet18, iresnet18, …), from scratch
+    or fine-tuned from --pretrained. A temperature is fitted on the validation split
+    afterwards (calibrated confidence); the ECE before and after is printed.
+    """
     from omnifer.labeled import read_dataset, read_image_folder
     from omnifer.training.config import load_train_config
     from omnifer.training.train import train_model
 
     cfg = load_train_config(config, epochs=epochs, seed=seed, arch=arch, input_size=input_size,
                             batch_size=batch_size, lr=lr, balanced_sampling=balanced,
-                            device=device)
-    train = read_dataset(data, fmt, split, size=cfg.input_size)
+                            device=device, pretrained=str(pretrained) if pretrained else None,
+                            freeze_stages=freeze_stages, backbone_lr_scale=backbone_lr_scale)
+    train = read_dataset(data, fmt, split, size=cfg.input_size, label_mode=label_mode,
+                         include_contempt=contempt)
+    _print_dropped(train)
     val = (read_dataset(val_data, fmt, "test" if fmt != "ferplus" else "val",
-                        size=cfg.input_size, classes=train.classes) if val_data else None)
+                        size=cfg.input_size, classes=train.classes, label_mode=label_mode,
+                        include_contempt=contempt) if val_data else None)
+    if val is not None:
+        _print_dropped(val)
     extras = [read_image_folder(p, size=cfg.input_size) for p in extra]
     console.print(f"training {cfg.arch} on {len(train)} images {train.counts()}"
                   + (f" + {sum(len(e) for e in extras)} extra" if extras else ""))
@@ -62,13 +102,18 @@ def train_cmd(
     m = card.metrics
     console.print(f"saved {out}: best epoch {m.get('best_epoch')}, val accuracy "
                   f"{m.get('val_accuracy', float('nan')):.3f}, {m.get('train_seconds')}s")
+    from omnifer.models import card_lines
+
+    for line in card_lines(card):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _image_files(root: Path) -> list[Path]:
-    from omnifer.imaging.transforms import is_image_name
+    """``root`` itself when it is a file (whatever its name), else every non-junk file under
+    it (see :func:`omnifer.labeled.folder.list_images`)."""
     from omnifer.labeled import list_images
 
-    if root.is_file() and is_image_name(root.name):
+    if root.is_file():
         return [root]
     if not root.is_dir():
         raise DatasetError(f"{root} is neither an image nor a folder")
@@ -89,8 +134,9 @@ def score_cmd(
     import pyarrow.parquet as pq
 
     from omnifer.curation.scoring import Scorer
+    from omnifer.errors import DecodeError
+    from omnifer.imaging.decode import read_image_file
     from omnifer.imaging.transforms import resize_image
-    from omnifer.labeled import read_image
     from omnifer.models.checkpoints import load_checkpoint
     from omnifer.runtime.progress import track
 
@@ -103,17 +149,24 @@ def score_cmd(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer: pq.ParquetWriter | None = None
-    counts = {"ok": 0, "corrupt": 0}
+    counts = {"ok": 0, "failed": 0}
+
+    def read(path: Path) -> tuple[np.ndarray | None, str, str]:
+        try:  # the project's one decoder: EXIF orientation, HEIC/AVIF, as ingest sees them
+            return read_image_file(path).image, "ok", ""
+        except DecodeError as exc:
+            return None, exc.status, str(exc)
     try:
         chunks = range(0, len(files), batch_size)
         for start in track(chunks, "score", total=len(chunks), unit="batch"):
             chunk = files[start : start + batch_size]
             ids = [p.relative_to(base).as_posix() for p in chunk]
-            imgs = [read_image(p) for p in chunk]
+            read_back = [read(p) for p in chunk]
+            imgs = [r[0] for r in read_back]
             ok = [i for i, im in enumerate(imgs) if im is not None]
             bad = [i for i, im in enumerate(imgs) if im is None]
             counts["ok"] += len(ok)
-            counts["corrupt"] += len(bad)
+            counts["failed"] += len(bad)
             parts = []
             if ok:
                 size = scorer.loaded.card.input_size
@@ -124,8 +177,8 @@ def score_cmd(
                 parts.append(t)
             if bad:
                 schema = parts[0].schema if parts else None
-                rows = [{"face_id": ids[i], "status": "corrupt",
-                         "error": "missing or undecodable image"} for i in bad]
+                rows = [{"face_id": ids[i], "status": read_back[i][1],
+                         "error": read_back[i][2]} for i in bad]
                 parts.append(pa.Table.from_pylist(rows, schema=schema) if schema
                              else pa.Table.from_pylist(rows))
             table = pa.concat_tables(parts, promote_options="default")
@@ -141,7 +194,7 @@ def score_cmd(
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
-    console.print(f"scored {counts['ok']} images ({counts['corrupt']} unreadable) -> {out}")
+    console.print(f"scored {counts['ok']} images ({counts['failed']} unreadable) -> {out}")
 
 
 @app.command("select")
@@ -171,6 +224,9 @@ def select_cmd(
         table = pq.read_table(scores)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DatasetError(f"cannot read {scores}: {exc}") from None
+    from omnifer.curation.selection import adapt_policy
+
+    pol = adapt_policy(pol, table)  # a model without embeddings: no similarity gate (noted)
     selected = select_samples(table, pol)
     selected = selected.append_column("policy", pa.array([pol.to_json()] * selected.num_rows))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +247,7 @@ def evaluate_cmd(
     split: str = typer.Option("test", "--split"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the metrics here"),
     device: str | None = typer.Option(None, "--device"),
+    label_mode: str = typer.Option("majority", "--label-mode", help=LABEL_MODE_HELP),
 ) -> None:
     """Accuracy, mean per-class accuracy and the confusion matrix on a labeled set."""
     from omnifer.labeled import read_dataset
@@ -198,7 +255,9 @@ def evaluate_cmd(
     from omnifer.training.evaluate import evaluate_model
 
     loaded = load_checkpoint(model)
-    test = read_dataset(data, fmt, split, size=loaded.card.input_size, classes=loaded.classes)
+    test = read_dataset(data, fmt, split, size=loaded.card.input_size, classes=loaded.classes,
+                        label_mode=label_mode)
+    _print_dropped(test)
     m = evaluate_model(loaded, test, device=device)
     classes = m["classes"]
     rows = []

@@ -16,11 +16,15 @@ import typer
 
 from omnifer.cli._app import app, console
 from omnifer.errors import ConfigError, DatasetError, OmniferError
+from omnifer.params import check_date
 from omnifer.runtime.tables import print_table
 
 # Counts shown per stage in ``omnifer runs`` (the record holds more; ``runs RUN_ID`` shows all).
-_COUNT_KEYS = ("shards", "done", "skipped", "failed", "selected", "candidates", "retried",
-               "recovered", "still_failed", "new_curated")
+# Listed vs rowed: the plan stage says what listing saw, the shards stage how many rows the
+# planned objects got (``rowed`` = ``planned`` once every shard has committed).
+_COUNT_KEYS = ("shards", "done", "skipped", "failed", "listed", "planned", "unchanged",
+               "ignored", "excluded", "skipped_entries", "rowed", "selected", "candidates",
+               "retried", "recovered", "still_failed", "new_curated", "blocked")
 
 
 def _catalog() -> Any:
@@ -35,25 +39,63 @@ def _stage_text(name: str, stage: dict[str, Any]) -> str:
     return f"{name}: {stage.get('state', '?')}" + (f" ({counts})" if counts else "")
 
 
+def _observe(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(state, why) per record: ``running`` records checked against Prefect, their process
+    and their heartbeat (:func:`omnifer.runs.observe`)."""
+    from omnifer.catalog import runs
+
+    running = [r["run_id"] for r in records if r.get("state") == "running"]
+    if not running:
+        return [(str(r.get("state")), "") for r in records]
+    from omnifer.config import load_settings
+
+    stale = load_settings().runs.stale_after_s
+    from flows.common import prefect_states
+
+    states = prefect_states(running)
+    return [runs.observe(r, states.get(r["run_id"]), stale_after_s=stale) for r in records]
+
+
+def _state_text(record: dict[str, Any], state: str) -> str:
+    lines = [state]
+    if record.get("resumed_by"):
+        lines.append(f"resumed by {record['resumed_by'][:8]}")
+    if record.get("resumes"):
+        lines.append(f"resumes {record['resumes'][:8]}")
+    return "\n".join(lines)
+
+
 @app.command("runs")
 def runs_cmd(
-    run_id: str = typer.Argument(None, help="Show one run's whole record (JSON)"),
+    run_id: str = typer.Argument(None, help="Show one run's whole record (JSON); a unique "
+                                            "prefix of its id will do"),
     limit: int = typer.Option(20, help="How many recent runs to list"),
 ) -> None:
-    """Recent flow runs with each stage's state and counts (newest first)."""
+    """Recent flow runs with each stage's state and counts (newest first).
+
+    A run whose record still says running but whose flow run Prefect reports over, whose
+    process is gone, or whose heartbeat stopped shows as crashed; a rerun's record says which
+    run it resumes, and the finished run which run resumed it.
+    """
     from omnifer.catalog import runs
 
     catalog = _catalog()
     if run_id:
-        record = runs.get_run(catalog, run_id)
-        if record is None:
-            raise DatasetError(f"no run record {run_id} under {catalog.runs_uri()}")
+        record = runs.resolve_run(catalog, run_id)
+        ((state, why),) = _observe([record])
+        if state != record.get("state"):
+            record = {**record, "observed_state": state, "observed_because": why}
         console.print_json(json.dumps(record, default=str))
         return
     # Whole values, never cut (`omnifer rerun` takes the run ids): see omnifer.runtime.tables.
-    rows = [(r["run_id"], r["flow"], r["ingest_date"], r["state"],
-             "\n".join(_stage_text(k, v) for k, v in r.get("stages", {}).items()) or "-",
-             str(r.get("started_at") or "")[:19]) for r in runs.list_runs(catalog, limit)]
+    records = runs.list_runs(catalog, limit)
+    rows = []
+    for r, (state, _) in zip(records, _observe(records), strict=True):
+        stages = "\n".join(_stage_text(k, v) for k, v in r.get("stages", {}).items())
+        if r.get("error") and not stages:
+            stages = f"error: {r['error'][:120]}"
+        rows.append((r["run_id"], r["flow"], r["ingest_date"], _state_text(r, state),
+                     stages or "-", str(r.get("started_at") or "")[:19]))
     print_table(console, ("run", "flow", "date", "state", "stages", "started"), rows)
 
 
@@ -61,13 +103,10 @@ def _find_run(catalog: Any, run_id: str | None, date: str | None) -> dict[str, A
     from omnifer.catalog import runs
 
     if run_id:
-        record = runs.get_run(catalog, run_id)
-        if record is None:
-            raise DatasetError(f"no run record {run_id} under {catalog.runs_uri()}; "
-                               "see `omnifer runs`")
-        return record
+        return runs.resolve_run(catalog, run_id)  # the id, or a unique prefix of it
     if not date:
         raise ConfigError("give a RUN_ID or --date (see `omnifer runs`)")
+    check_date(date, "--date")
     nightly = [r for r in runs.list_runs(catalog, limit=10_000)
                if r["flow"] == "nightly-ingest" and r["ingest_date"] == date]
     if not nightly:
@@ -88,35 +127,74 @@ def _run_flow(flow: Any, **parameters: Any) -> tuple[str, bool, str]:
     return run_id, state.is_completed(), error
 
 
+def _runner_options(dask: str | None, threads: bool,
+                    recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``task_runner``/``dask_address`` for a flow from ``--dask``/``--threads``, else the
+    recorded run's (a rerun runs where the run ran), else None (``ingest.task_runner``);
+    checked now, so that a missing extra or server is one line before Prefect starts."""
+    from flows.runners import preflight
+
+    if dask and threads:
+        raise ConfigError("--dask and --threads exclude each other")
+    recorded = recorded or {}
+    if dask:
+        out = {"task_runner": "dask", "dask_address": dask}
+    elif threads:
+        out = {"task_runner": "threads", "dask_address": None}
+    else:
+        out = {"task_runner": recorded.get("task_runner"),
+               "dask_address": recorded.get("dask_address")}
+    preflight(out["task_runner"], out["dask_address"])
+    return out
+
+
 @app.command("rerun")
 def rerun_cmd(
-    run_id: str = typer.Argument(None, help="The run to finish (see `omnifer runs`)"),
+    run_id: str = typer.Argument(None, help="The run to finish, or a unique prefix of its id "
+                                            "(see `omnifer runs`)"),
     date: str = typer.Option(None, help="Instead of RUN_ID: the newest nightly run of a date"),
-    force: bool = typer.Option(False, help="Run again even if the run completed"),
+    force: bool = typer.Option(False, help="Run again even if the run completed (or still "
+                                           "looks alive)"),
+    dask: str = typer.Option(None, "--dask", metavar="ADDRESS|local",
+                             help="Run the shards on Dask (default: where the run ran them)"),
+    threads: bool = typer.Option(False, "--threads", help="Run the shards in this process's "
+                                 "threads (default: where the run ran them)"),
 ) -> None:
-    """Finish a failed run: same flow, date and sources; committed shards are skipped.
+    """Finish a failed or crashed run: same flow, date and sources; committed shards are skipped.
 
-    Only the shards that failed (or never ran) are processed again.
+    Only the shards that failed (or never ran) are processed again. The new run's record says
+    `resumes` (the old run) and the old one `resumed_by`; a crashed run is recorded crashed.
     """
     from omnifer.catalog import runs
 
     catalog = _catalog()
     record = _find_run(catalog, run_id, date)
-    if record["state"] == "completed" and not force:
+    ((state, why),) = _observe([record])
+    if state == "running" and not force:
+        raise ConfigError(f"run {record['run_id']} is still running (pid {record.get('pid')} on "
+                          f"{record.get('host')}, heartbeat {record.get('heartbeat_at')}); "
+                          "wait for it, or `omnifer rerun --force` if you know it is dead")
+    if state == "completed" and not force:
         console.print(f"run {record['run_id']} completed: nothing to rerun (--force to run it "
                       "again; committed shards would still be skipped)")
         return
+    if state == "crashed" and record["state"] == "running":
+        runs.mark_crashed(catalog, record["run_id"], why)
+        console.print(f"run {record['run_id']} crashed ({why}): resuming it", highlight=False)
     params = record.get("parameters") or {}
+    runner = _runner_options(dask, threads, params)
     if record["flow"] == "nightly-ingest":
         from flows.ingest import nightly_ingest
 
         new_id, ok, error = _run_flow(nightly_ingest, date=record["ingest_date"],
-                                      sources=params.get("sources") or None)
+                                      sources=params.get("sources") or None,
+                                      resumes=record["run_id"], **runner)
     elif record["flow"] == "retry-failed":
         from flows.retry import retry_failed_flow
 
         new_id, ok, error = _run_flow(retry_failed_flow, stage=params["stage"],
-                                      date=params.get("date"))
+                                      date=params.get("date"), resumes=record["run_id"],
+                                      **runner)
     else:
         raise ConfigError(f"`omnifer rerun` finishes nightly-ingest and retry-failed runs; for a "
                           f"{record['flow']} run use `prefect flow-run retry` or run it again")
@@ -134,6 +212,13 @@ def rerun_cmd(
             console.print(f"  ran    {sid}")
         for sid in shards.get("failed_ids", []):
             console.print(f"  failed {sid}")
+        if shards.get("blocked"):
+            console.print(f"  {shards['blocked']} skipped shard(s) were blocked by their "
+                          "markers: the markers say done but the data is gone. Run `omnifer "
+                          "catalog verify --repair`, then `omnifer rerun --date "
+                          f"{record['ingest_date']} --force` rebuilds them.", soft_wrap=True)
+            for sid in shards.get("blocked_ids", []):
+                console.print(f"  blocked {sid}")
     else:
         console.print(f"rerun of {record['run_id']} as {new_id}: {new.get('state', '?')}")
     if not ok:
@@ -142,13 +227,19 @@ def rerun_cmd(
 
 @app.command("retry-failed")
 def retry_failed_cmd(
-    stage: str = typer.Option(..., help="fetch | detect | score: which failed rows to redo"),
+    stage: str = typer.Option(...,
+                              help="fetch | decode | detect | score: which failed rows to redo"),
     date: str = typer.Option(None, help="Only this ingest date (default: every night)"),
     workers: int = typer.Option(2, help="Shards retried in parallel"),
+    dask: str = typer.Option(None, "--dask", metavar="ADDRESS|local",
+                             help="Retry the shards on Dask: a scheduler (tcp://host:8786) or "
+                             "'local'"),
 ) -> None:
     """Reprocess the images (or scores) whose rows say ``stage`` failed, then re-select."""
     from omnifer.pipeline.retry import RETRY_STATUSES, find_failed
 
+    if date is not None:
+        check_date(date, "--date")
     if stage not in RETRY_STATUSES:
         raise ConfigError(f"unknown stage '{stage}': use one of {', '.join(RETRY_STATUSES)}")
     if not find_failed(_catalog(), stage, date):
@@ -157,7 +248,9 @@ def retry_failed_cmd(
         return
     from flows.retry import retry_failed_flow
 
-    state = retry_failed_flow(stage=stage, date=date, workers=workers, return_state=True)
+    runner = _runner_options(dask, False)
+    state = retry_failed_flow(stage=stage, date=date, workers=workers, return_state=True,
+                              **runner)
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         raise OmniferError(f"retry-failed run {state.state_details.flow_run_id} failed: "

@@ -19,7 +19,11 @@ def report_cmd(
 ) -> None:
     """Write a run's HTML report (charts, sample faces, model) and print its path."""
     from omnifer.catalog import DataCatalog
+    from omnifer.params import check_date
     from omnifer.report import build_report
+
+    if date is not None:
+        check_date(date, "--date")
 
     # Plain print: a path must not be wrapped or coloured by rich (scripts read it).
     print(build_report(DataCatalog.from_settings(), run_id=run_id, date=date, out=out))

@@ -33,12 +33,13 @@ from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import digest
 from omnifer.catalog.provenance import provenance
 from omnifer.catalog.schemas import CURATED
-from omnifer.curation.selection import SelectionPolicy, select_samples
+from omnifer.curation.selection import SelectionPolicy, adapt_policy, select_samples
 from omnifer.errors import DatasetError, DecodeError
 from omnifer.imaging.decode import decode_image
 from omnifer.imaging.transforms import resize_image
 from omnifer.labeled.base import LabeledData
 from omnifer.labels import CLASSES
+from omnifer.params import check_date, check_name
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,9 @@ def to_labeled(
         if label not in lookup:
             continue
         try:
-            img = resize_image(decode_image(crop).image, size)
-        except DecodeError:
-            log.warning("curated face %s has an unreadable crop: skipped", face)
+            img = resize_image(decode_image(crop).image, size)  # the project's one decoder
+        except DecodeError as exc:
+            log.warning("curated face %s has an unreadable crop (%s): skipped", face, exc)
             continue
         for _ in range(max(1, int(copies or 1)) if honour_copies else 1):
             images.append(img)
@@ -182,7 +183,12 @@ def select_curated(
 
     Runs over the whole night (class balance and top-K are per night), after every shard is
     committed. The file name comes from the curated version, so a rerun replaces, not adds.
+    A model without embeddings gets the policy without its similarity gate
+    (:func:`omnifer.curation.selection.adapt_policy`). Raises ConfigError for a malformed
+    ``ingest_date`` or ``model_version``.
     """
+    check_date(ingest_date, "ingest date")
+    check_name(model_version, "model version")
     flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
     flt = flt & (ds.field("status") == "ok")
     scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
@@ -193,6 +199,7 @@ def select_curated(
         _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
                              return_index=True)
         scores = scores.take(pa.array(np.sort(first)))
+    policy = adapt_policy(policy, scores)  # e.g. no similarity gate for a model without one
     policy_json = policy.to_json()
     version = curated_version_for(ingest_date, policy_json, model_version)
     selected = select_samples(scores, policy)

@@ -2,7 +2,9 @@
 
 Per face (:class:`ScoreBatch`, arrays of length N):
 
-* ``probs`` (N, C) float32: mean of softmax(image) and softmax(horizontally flipped image)
+* ``probs`` (N, C) float32: mean of softmax(logits / T) of the image and of its horizontally
+  flipped image; ``T`` is the card's temperature (1 unless calibrated, see
+  :mod:`omnifer.models.calibration`)
 * ``label`` (N,) int64 argmax of ``probs``; ``confidence`` its probability; ``margin`` top-1
   minus top-2 probability; ``entropy`` of ``probs`` in nats
 * ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image)
@@ -10,6 +12,10 @@ Per face (:class:`ScoreBatch`, arrays of length N):
   set's mean feature (``center``), L2-normalised
 * ``similarity`` (N,) float32: cosine of ``embedding`` to the prototype of the predicted class
   (the feature-wise similarity of the paper; 0 when that class had no labeled images)
+
+A model without embeddings or prototypes (an ONNX model imported without an embedding output
+or labeled split) gives ``embedding`` of width 0 and ``similarity`` NaN (null in Arrow).
+Every model kind (:mod:`omnifer.models`) is scored here the same way.
 
 Build one :class:`Scorer` per worker and keep it: the model stays loaded (and warm).
 """
@@ -78,8 +84,10 @@ class ScoreBatch:
             "margin": pa.array(self.margin.astype(np.float32)),
             "entropy": pa.array(self.entropy.astype(np.float32)),
             "flip_agreement": pa.array(self.flip_agreement.astype(bool)),
-            "similarity": pa.array(self.similarity.astype(np.float32)),
-            "embedding": _list_array(self.embedding, d),
+            "similarity": pa.array(self.similarity.astype(np.float32),
+                                   mask=np.isnan(self.similarity)),
+            "embedding": (_list_array(self.embedding, d) if d
+                          else pa.nulls(n, pa.list_(pa.float32()))),  # a model without one
         })
         return pa.table(cols)
 
@@ -92,19 +100,20 @@ def _list_array(values: np.ndarray, width: int) -> pa.Array:
 
 @torch.inference_mode()
 def forward_tta(
-    model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None
+    model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
     """One pass over image and flipped image: (probs, pred, pred_flip, embedding, features).
 
-    ``probs`` is the mean of the two softmaxes; ``features`` the mean of the two views'
-    pooled features and ``embedding`` those minus ``center``, L2-normalised. Used by the
-    scorer and for the prototypes at training time, so both sides of the similarity are
-    computed the same way.
+    ``probs`` is the mean of the two softmaxes of logits / ``temperature``; ``features`` the
+    mean of the two views' pooled features and ``embedding`` those minus ``center``,
+    L2-normalised. Used by the scorer and for the prototypes at training time, so both sides
+    of the similarity are computed the same way.
     """
     n = x.shape[0]
     feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]))
     logits = model.classify(feats)
-    p = logits.float().softmax(dim=1)
+    p = (logits.float() / temperature).softmax(dim=1)
     probs = (p[:n] + p[n:]) / 2
     feat = (feats[:n] + feats[n:]).float() / 2
     emb = F.normalize(feat - center if center is not None else feat, dim=1)
@@ -112,15 +121,27 @@ def forward_tta(
 
 
 class Scorer:
-    """Keeps a loaded model on a device and scores crops in batches of ``batch_size``."""
+    """Keeps a loaded model on a device and scores crops in batches of ``batch_size``.
+
+    ``loaded``: a :class:`~omnifer.models.checkpoints.LoadedModel` or another kind's loaded
+    model (:func:`omnifer.models.checkpoints.load_checkpoint` gives the right one).
+    ``calibrated=False`` ignores the card's temperature (raw confidences, as before
+    calibration). ``device``: :func:`omnifer.devices.resolve_device` (None: CUDA if present).
+    """
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, calibrated: bool = True) -> None:
         self.device = resolve_device(device)
         self.loaded = loaded
-        self.model = loaded.model.to(self.device).eval()
-        self.prototypes = loaded.prototypes.to(self.device)
-        self.center = loaded.center.to(self.device)
+        self.kind = getattr(loaded.card, "kind", "torch")
+        if self.kind == "torch":
+            self.model = loaded.model.to(self.device).eval()
+        else:
+            self.model = loaded.to(self.device)  # e.g. OnnxModel: picks its providers
+        protos = loaded.prototypes
+        self.prototypes = protos.to(self.device) if protos is not None else None
+        self.center = loaded.center.to(self.device) if loaded.center is not None else None
+        self.temperature = float(loaded.card.temperature) if calibrated else 1.0
         self.batch_size = max(1, int(batch_size))
 
     @property
@@ -128,13 +149,22 @@ class Scorer:
         return self.loaded.classes
 
     def _score_one(self, crops: np.ndarray) -> ScoreBatch:
-        x = self.loaded.preprocess(crops, self.device)
-        probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center)
+        if self.kind == "torch":
+            x = self.loaded.preprocess(crops, self.device)
+            probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center,
+                                                         self.temperature)
+        else:
+            probs, pred, pred_flip, emb = self.model.forward_tta(crops, self.temperature)
         top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
         label = probs.argmax(dim=1)
         margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else top2[:, 0]
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
-        sim = (emb * self.prototypes[label]).sum(dim=1)
+        if emb is None:
+            emb = torch.zeros(len(label), 0)
+        if self.prototypes is not None and emb.shape[1]:
+            sim = (emb * self.prototypes[label].to(emb.device)).sum(dim=1)
+        else:
+            sim = torch.full((len(label),), float("nan"))
 
         def np32(t: torch.Tensor) -> np.ndarray:
             return t.float().cpu().numpy().astype(np.float32)
@@ -142,6 +172,24 @@ class Scorer:
         return ScoreBatch(np32(probs), label.cpu().numpy().astype(np.int64), np32(top2[:, 0]),
                           np32(margin), np32(entropy), (pred == pred_flip).cpu().numpy(),
                           np32(emb), np32(sim), self.classes)
+
+    def view_logits(self, crops: np.ndarray) -> np.ndarray:
+        """(V, N, C) float32 logits of each view (image, flipped image): what a temperature is
+        fitted on (:mod:`omnifer.models.calibration`). Probability outputs come back as
+        log-probabilities."""
+        crops = np.asarray(crops)
+        parts = [np.zeros((2 if self.kind == "torch" or self.loaded.card.flip_tta else 1, 0,
+                           len(self.classes)), np.float32)]
+        for i in range(0, len(crops), self.batch_size):
+            chunk = crops[i : i + self.batch_size]
+            if self.kind != "torch":
+                parts.append(self.model.view_logits(chunk))
+                continue
+            with torch.inference_mode():
+                x = self.loaded.preprocess(chunk, self.device)
+                z = self.model(torch.cat([x, torch.flip(x, dims=[3])])).float()
+            parts.append(z.reshape(2, len(chunk), -1).cpu().numpy())
+        return np.concatenate(parts, axis=1)
 
     def score(self, crops: np.ndarray) -> ScoreBatch:
         """Score (N, H, W, 3) uint8 BGR crops (any size; resized to the model's input)."""

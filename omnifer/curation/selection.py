@@ -6,7 +6,9 @@ A face is *eligible* when it passes every gate of the :class:`SelectionPolicy`:
 2. confidence ≥ ``min_confidence`` (one number, or per class: ``{"happy": 0.9, ...}``; a
    class missing from the dict uses ``default_confidence``)
 3. similarity ≥ ``min_similarity``: cosine of the face's embedding to the labeled prototype
-   of its predicted class (feature-wise similarity, as in the paper)
+   of its predicted class (feature-wise similarity, as in the paper). A model that gives no
+   embeddings (an ONNX model imported without an embedding output) leaves ``similarity``
+   null: :func:`adapt_policy` then drops this gate and says so in the policy's ``note``
 4. ``flip_agreement`` when ``require_flip_agreement``
 5. margin ≥ ``min_margin``; det_score ≥ ``min_det_score``; face_size ≥ ``min_face_size``
    (quality gates; a gate whose column is absent is skipped with a warning, and a null
@@ -18,6 +20,15 @@ when unset). With ``duplicate_to_k``, a class with fewer than K kept faces is fi
 by **copies**: rows are never duplicated; the ``copies`` int column says how many times a
 training loader should repeat the row (K // n each, the best-ranked K % n one more, never
 above ``max_copies``). Output order: label name, then rank, then ``face_id``.
+
+What a confidence threshold means: a model whose card carries a fitted temperature
+(``omnifer train`` fits one on the validation split; ``omnifer models import-onnx`` on a
+labeled split) is *calibrated*: among faces it scores c, about a share c is labeled right
+(see :mod:`omnifer.models.calibration`). ``min_confidence: 0.8`` then keeps faces each
+right with probability ≥ 0.8, so the kept pseudo-labels are at least about 80 % right, on
+data like the calibration split (faces far from it, such as other cameras or crawls, can be
+worse). Without calibration a threshold has no such meaning and differs between models:
+label smoothing caps the raw built-in model's confidence near 0.9.
 """
 
 from __future__ import annotations
@@ -59,10 +70,14 @@ class SelectionPolicy(BaseModel):
     top_k_per_class: int | None = Field(None, ge=1)
     duplicate_to_k: bool = False
     max_copies: int = Field(4, ge=1)
+    note: str | None = None  # why the policy differs from the configured one (adapt_policy)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): the same policy always gives the same text."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data.get("note") is None:
+            data.pop("note", None)  # policies without a note keep their former text
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def confidence_threshold(self, label: str) -> float:
         if isinstance(self.min_confidence, dict):
@@ -92,6 +107,20 @@ def load_policy(path: Path | str | None = None, **overrides: Any) -> SelectionPo
 def policy_from_settings(settings: Settings) -> SelectionPolicy:
     """The policy of ``selection:`` in the settings (omnifer.yaml / ``OMNIFER_SELECTION``)."""
     return load_policy(None, **settings.selection)
+
+
+def adapt_policy(policy: SelectionPolicy, table: pa.Table) -> SelectionPolicy:
+    """``policy`` fitted to what the scores can say: when every row's ``similarity`` is null
+    (or the column is absent) the model had no embeddings, so the similarity gate is
+    disabled and ``note`` says why; otherwise ``policy`` unchanged."""
+    if policy.min_similarity is None or table.num_rows == 0:
+        return policy
+    if "similarity" in table.column_names and table["similarity"].null_count < table.num_rows:
+        return policy
+    note = (f"similarity gate (min_similarity {policy.min_similarity}) disabled: the model "
+            "gives no embeddings")
+    log.warning("selection: %s", note)
+    return policy.model_copy(update={"min_similarity": None, "note": note})
 
 
 def _column(table: pa.Table, name: str, dtype: Any, fill: Any) -> np.ndarray:

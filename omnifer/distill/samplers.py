@@ -4,9 +4,10 @@ Real data streams in through a :class:`ClassSampler` (``sample(class_idx, n, gen
 so a curated set larger than memory works: :class:`ParquetClassSampler` indexes the label
 column once and reads only the sampled rows' row groups. Images are float tensors
 ``(N, 3, H, W)`` in RGB order, normalised with the ImageNet mean/std
-(:func:`omnifer.imaging.tensors.normalize`); inputs arrive as JPEG/PNG bytes (face crops,
-112×112), decoded by :func:`omnifer.imaging.decode.decode_image`, and are resized to
-``image_size``.
+(:func:`omnifer.imaging.tensors.normalize`); inputs arrive as encoded images (face crops,
+112×112 JPEG) decoded by the project's one decoder (:func:`omnifer.imaging.decode.decode_image`:
+any format, EXIF orientation applied) and resized to ``image_size``; image folders are read by
+:func:`omnifer.labeled.folder.read_image_folder` (the same junk rule and decoder as everywhere).
 """
 
 from __future__ import annotations
@@ -28,52 +29,43 @@ from omnifer import storage
 from omnifer.errors import DatasetError, DecodeError
 from omnifer.imaging.decode import decode_image
 from omnifer.imaging.tensors import normalize
-from omnifer.imaging.transforms import bgr_to_rgb_chw, is_image_name, resize_image
+from omnifer.imaging.transforms import bgr_to_rgb_chw, resize_image
+from omnifer.labeled.folder import class_folders, read_image_folder
 from omnifer.labels import ordered_classes
 
 log = logging.getLogger(__name__)
 
 
 def crop_to_chw(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1]; DatasetError if undecodable."""
+    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1], ``S = image_size``.
+
+    Decoded by :func:`omnifer.imaging.decode.decode_image` (upright, any supported format);
+    raises DatasetError naming the decoder's status when the bytes do not decode."""
     try:
         img = decode_image(data).image
     except DecodeError as exc:
-        raise DatasetError(f"cannot decode image bytes: {exc}") from None
+        raise DatasetError(f"cannot decode image bytes ({exc.status}: {exc})") from None
     return bgr_to_rgb_chw(resize_image(img, image_size)[None])[0]
 
 
 def image_folder_tensors(
     root: str | Path, image_size: int, classes: Sequence[str] | None = None
 ) -> tuple[Tensor, Tensor, list[str]]:
-    """``ROOT/<class>/*`` (files directly in each class folder) as ``(images, labels,
-    classes)``: normalised ``(N, 3, S, S)``, ``(N,)`` int64, and the class names (canonical
-    order where names are labels, else sorted; or ``classes``, whose folders alone are read).
-    Undecodable images are skipped with a warning. (Labeled training data is
-    :func:`omnifer.labeled.folder.read_image_folder`; this gives distillation's tensors.)
+    """``ROOT/<class>/*`` as ``(images, labels, classes)``: normalised ``(N, 3, S, S)``,
+    ``(N,)`` int64, and the class names (canonical order where names are labels, else sorted;
+    or ``classes``).
+
+    The folder is read by :func:`omnifer.labeled.folder.read_image_folder` (system junk
+    ignored, every other file decoded by content, undecodable ones skipped and logged).
+    Raises DatasetError when ``root`` is not a folder or holds no usable image.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = list(classes) if classes is not None else ordered_classes(found)
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for idx, name in enumerate(classes):
-        folder = root / name
-        files = sorted(p for p in folder.glob("*") if is_image_name(p.name)) \
-            if folder.is_dir() else []
-        for path in files:
-            try:
-                images.append(crop_to_chw(path.read_bytes(), image_size))
-            except DatasetError:
-                log.warning("skipping undecodable image %s", path)
-                continue
-            labels.append(idx)
-    if not images:
-        raise DatasetError(f"no images under {root}/<class>/*.jpg|png")
-    x = normalize(torch.from_numpy(np.stack(images)))
-    return x, torch.tensor(labels, dtype=torch.long), classes
+    order = list(classes) if classes is not None else ordered_classes(class_folders(root))
+    data = read_image_folder(root, size=image_size, classes=order, on_error="skip")
+    x = normalize(torch.from_numpy(bgr_to_rgb_chw(data.images)))
+    return x, torch.from_numpy(data.hard_labels()), order
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """Image constants and array transforms that every stage shares (numpy/OpenCV, no torch).
 
-One home for each rule: which file names are images (:data:`IMAGE_EXTENSIONS`), how an image
+One home for each rule: which suffixes name images (:data:`IMAGE_EXTENSIONS`), how an image
 is resized (:func:`resize_image`: area when shrinking, linear when enlarging), and the
 statistics of the fixed normalised space (:data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`, RGB).
 Tensor normalisation is :mod:`omnifer.imaging.tensors`.
@@ -12,11 +12,13 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif",
 )
-"""File names (lower-case suffixes) read as images: by crawled folders and buckets, labeled
-image folders and distillation folders alike; what :func:`omnifer.imaging.decode.decode_image`
-decodes."""
+"""Common image suffixes (lower case), for a source that opts into an ``extensions`` filter
+and for telling a single image file from a folder. Not a filter by default: crawled folders,
+buckets and labeled image folders read every file whatever its name, and its bytes decide what
+it is (:func:`omnifer.imaging.decode.decode_image`)."""
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -7,14 +7,22 @@ AffectNet (:mod:`~omnifer.labeled.affectnet`), image folders ``ROOT/<class>/*``
 omnifer means the catalog's six datasets; this package reads *labeled* data.)
 """
 
-from omnifer.labeled.affectnet import read_affectnet
-from omnifer.labeled.base import LabeledData, hard_labels, read_image
-from omnifer.labeled.ferplus import read_ferplus
-from omnifer.labeled.folder import list_images, read_image_folder
+from omnifer.labeled.affectnet import AFFECTNET_DROP_RULES, read_affectnet
+from omnifer.labeled.base import LabeledData, hard_labels, read_image, read_image_why
+from omnifer.labeled.ferplus import (
+    FERPLUS_DROP_RULES,
+    FERPLUS_MODES,
+    LabelMode,
+    ferplus_target,
+    read_ferplus,
+)
+from omnifer.labeled.folder import class_folders, list_images, read_image_folder
 from omnifer.labeled.formats import FORMATS, read_dataset
 from omnifer.labeled.rafdb import read_rafdb
 
 __all__ = [
-    "FORMATS", "LabeledData", "hard_labels", "list_images", "read_affectnet", "read_dataset",
-    "read_ferplus", "read_image", "read_image_folder", "read_rafdb",
+    "AFFECTNET_DROP_RULES", "FERPLUS_DROP_RULES", "FERPLUS_MODES", "FORMATS", "LabelMode",
+    "LabeledData", "class_folders", "ferplus_target", "hard_labels", "list_images",
+    "read_affectnet", "read_dataset", "read_ferplus", "read_image", "read_image_folder",
+    "read_image_why", "read_rafdb",
 ]

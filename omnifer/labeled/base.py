@@ -3,8 +3,9 @@
 :class:`LabeledData`: images ``N×H×W×3`` uint8 **BGR** (OpenCV order), targets either hard
 ``(N,)`` int64 class indices or soft ``(N, C)`` float32 distributions, the class names in
 index order and one name per image (its relative path or row id). Images are decoded by the
-one decoder, :func:`omnifer.imaging.decode.decode_image`, and resized by
-:func:`omnifer.imaging.transforms.resize_image`.
+one decoder (:func:`omnifer.imaging.decode.read_image_file`: the format decided by content,
+EXIF orientation applied, HEIC/AVIF read, the same pixels ingest and ``omnifer score`` see)
+and resized by :func:`omnifer.imaging.transforms.resize_image`.
 
 Bad files: a missing list/CSV or an empty result is always a :class:`DatasetError`. A missing
 or undecodable *image* raises :class:`DatasetError` naming it when ``on_error="raise"`` (the
@@ -24,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from omnifer.errors import DatasetError, DecodeError
-from omnifer.imaging.decode import decode_image
+from omnifer.imaging.decode import read_image_file
 from omnifer.imaging.transforms import resize_image, resize_images
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,23 @@ def hard_labels(targets: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 image of the file at ``path``, or None when missing or undecodable."""
-    if not path.is_file():
-        return None
+    """BGR uint8 image (H, W, 3), upright, of the file at ``path``, or None when missing or
+    undecodable (:func:`read_image_why` says why)."""
+    return read_image_why(path)[0]
+
+
+def read_image_why(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR uint8 image or None, why it is None: ``" (status: message)"``) for ``path``,
+    decoded by :func:`omnifer.imaging.decode.read_image_file`."""
     try:
-        return decode_image(path.read_bytes()).image
-    except (DecodeError, OSError):
-        return None
+        return read_image_file(path).image, ""
+    except DecodeError as exc:
+        return None, f" ({exc.status}: {exc})"
+
+
+def drop_counts_text(by_rule: dict[str, int]) -> str:
+    """``"rule n, rule n"`` for the rules that dropped rows (``"none"`` when none did)."""
+    return ", ".join(f"{k} {v}" for k, v in by_rule.items() if v) or "none"
 
 
 class Collector:
@@ -157,6 +168,7 @@ class Collector:
         self.bad: list[str] = []
 
     def add(self, img: np.ndarray | None, target: object, name: str, why: str = "") -> None:
+        """Keep ``img`` (BGR) with ``target``; None is a bad file, handled by ``on_error``."""
         if img is None:
             if self.on_error == "raise":
                 raise DatasetError(

@@ -75,18 +75,27 @@ class ModelCard(BaseModel):
     code_version: str = Field(default_factory=code_version)
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     files: dict[str, str] = Field(default_factory=dict)  # file name → sha256
+    # Model kinds (omnifer.models): "torch" = a registered architecture in model.safetensors;
+    # "onnx" = model.onnx run by onnxruntime, described by ``onnx`` (omnifer.models.onnx_model).
+    kind: str = "torch"
+    onnx: dict[str, Any] = Field(default_factory=dict)
+    color: str = "bgr"  # channel order the network is fed (torch models: always BGR)
+    flip_tta: bool = True  # score = mean of the image and its mirror image
+    # Temperature scaling (omnifer.models.calibration): scoring divides logits by it.
+    temperature: float = Field(1.0, gt=0)
+    calibration: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def version_hint(self) -> str:
         """Short id from the weights hash (for rows when no registry version is known)."""
-        return self.files.get(WEIGHTS_FILE, "unknown")[:12]
+        return (self.files.get(WEIGHTS_FILE) or self.files.get("model.onnx") or "unknown")[:12]
 
 
 @dataclass
 class LoadedModel:
     """A model ready for inference (eval mode) with its card and class prototypes."""
 
-    model: FerCNN
+    model: nn.Module  # FerCNN or another registered architecture (embed + classify)
     card: ModelCard
     prototypes: torch.Tensor  # (C, D) float32, rows L2-normalised (or zero)
     center: torch.Tensor  # (D,) float32, subtracted from features before normalising
@@ -149,9 +158,17 @@ def read_card(directory: Path | str) -> ModelCard:
 
 
 def load_checkpoint(directory: Path | str, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the model from a checkpoint folder (safetensors only), in eval mode."""
+    """Rebuild the model from a checkpoint folder (safetensors only), in eval mode.
+
+    A folder of another model kind (``card.kind``, e.g. an imported ONNX model) gives that
+    kind's loaded model (:func:`omnifer.models.load_model`), which scores the same way.
+    """
     directory = Path(directory)
     card = read_card(directory)
+    if card.kind != "torch":
+        from omnifer.models import load_model
+
+        return load_model(directory, card)  # type: ignore[return-value]
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for name in (WEIGHTS_FILE, PROTOTYPES_FILE):
         path = directory / name

@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from omnifer import sources as source_specs
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import (
     IngestParams,
@@ -41,12 +40,23 @@ from omnifer.catalog.plans import (
 )
 from omnifer.catalog.provenance import provenance
 from omnifer.catalog.schemas import FACES, IMAGES, SCORES
+from omnifer.catalog.verify import missing_shard_data
 from omnifer.errors import DecodeError, OmniferError, SourceError
 from omnifer.faces.detectors import detect_and_align, face_id
 from omnifer.imaging.decode import decode_image
-from omnifer.pipeline.workers import STATUS_DUPLICATE, SeenIndex, ShardSeen, WorkerResources
+from omnifer.params import check_date
+from omnifer.pipeline.workers import (
+    STATUS_DUPLICATE,
+    AlreadySeen,
+    SeenIndex,
+    ShardSeen,
+    SharedClaims,
+    WorkerResources,
+)
 from omnifer.runtime import heap
-from omnifer.sources import FetchError, Source, read_object, source_from_dict
+from omnifer.sources.base import FetchError, Source, list_objects, read_object
+from omnifer.sources.listing import ListingReport
+from omnifer.sources.parse import source_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +99,12 @@ def plan_ingest(
     leaves it behind, and taking over a stale lease needs clocks and compare-and-swap; why
     not a Prefect concurrency limit: the library (CLI, notebooks) must be safe without
     Prefect. The price of overlap is repeated work, never repeated rows.
+
+    An object listed by two sources is planned once. ``plan.listing`` counts what listing
+    met (:class:`omnifer.sources.listing.ListingReport`, plus ``unchanged`` and ``planned``).
+    Raises ConfigError for a malformed ``ingest_date``.
     """
+    check_date(ingest_date, "ingest date")
     plans = load_plans(catalog, ingest_date)
     for plan in reversed(plans):
         if any(shard_done(catalog, s) is None for s in plan.shards):
@@ -100,11 +115,13 @@ def plan_ingest(
     seen = _seen_versions(catalog)
     objects: list[ObjectRef] = []
     listed = 0
+    report = ListingReport()
     for index, spec in enumerate(sources):
-        for obj in source_specs.list_objects(spec):
+        for obj in list_objects(spec, report):
             listed += 1
             if (obj.uri, obj.version) in seen:
                 continue
+            seen.add((obj.uri, obj.version))  # one object listed by two sources: one row
             objects.append(ObjectRef(source=index, uri=obj.uri, size=obj.size,
                                      version=obj.version))
     fp = params.fingerprint()
@@ -119,8 +136,12 @@ def plan_ingest(
         sources=[s.model_dump(mode="json") for s in sources],
         params=params,
         shards=shards,
+        listing={**report.as_dict(), "unchanged": listed - len(objects),
+                 "planned": len(objects)},
     )
-    log.info("listed %d objects, %d new, %d shards", listed, len(objects), len(shards))
+    log.info("listed %d objects, %d new, %d shards (ignored %d junk, excluded %d, skipped %d "
+             "odd entries)", listed, len(objects), len(shards), plan.listing["ignored"],
+             plan.listing["excluded"], plan.listing["skipped_entries"])
     if shards:
         mine = plan
         plan = write_plan_exclusive(catalog, plan, number)
@@ -132,20 +153,32 @@ def plan_ingest(
 
 # -- processing one shard ----------------------------------------------------------------------
 def process_shard(
-    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str
+    catalog: DataCatalog, plan: IngestPlan, shard: ShardSpec, run_id: str,
+    shared_claims: bool = False,
 ) -> ShardResult:
     """Decode, detect, align and score one shard, then commit it (images last, marker after).
 
-    Already committed → returns the committed result without doing anything.
+    Already committed → returns the committed result without doing anything (its
+    ``missing_data`` names the datasets that lost its rows since: see
+    :func:`omnifer.catalog.verify.missing_shard_data`). ``shared_claims``: other shards of
+    the plan run in other processes (Dask workers), so content is claimed in the catalog
+    (:class:`omnifer.pipeline.workers.SharedClaims`), not only in memory.
     """
     done = shard_done(catalog, shard)
     if done is not None:
-        return done.model_copy(update={"skipped": True})
+        missing = missing_shard_data(catalog, shard.ingest_date, shard.shard_id, done.images,
+                                     done.faces)
+        if missing:
+            log.warning("shard %s of %s: its marker says done but its %s rows are gone; not "
+                        "rebuilt (run `omnifer catalog verify --repair`, then rerun)",
+                        shard.shard_id, shard.ingest_date, "/".join(missing))
+        return done.model_copy(update={"skipped": True, "missing_data": missing})
     started = time.monotonic()
     params = plan.params
     detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
-    seen = ShardSeen(SeenIndex.for_plan(catalog, plan), shard.shard_id)
+    seen = ShardSeen(SeenIndex.for_plan(catalog, plan), shard.shard_id,
+                     SharedClaims(catalog, plan, shard.shard_id) if shared_claims else None)
     stamp = provenance(run_id, shard.shard_id)
 
     image_rows: list[dict[str, Any]] = []
@@ -157,6 +190,16 @@ def process_shard(
         image_rows.append(row)
         face_rows.extend(faces)
         crops.extend(obj_crops)
+    if seen.shared is not None and (lost := seen.shared.lost()):
+        # Another shard claimed these bytes first: the rows a duplicate gets, as if the
+        # claim had been lost in memory (the object is read again; duplicates are rare).
+        for i, (obj, row) in enumerate(zip(shard.objects, image_rows, strict=True)):
+            if row.get("sha256") in lost and row["status"] != STATUS_DUPLICATE:
+                image_rows[i] = process_object(obj, sources[obj.source], params, detector,
+                                               AlreadySeen(), stamp)[0]
+        keep = [i for i, f in enumerate(face_rows) if f["image_sha256"] not in lost]
+        face_rows = [face_rows[i] for i in keep]
+        crops = [crops[i] for i in keep]
 
     score_rows = score_faces(params, face_rows, crops, stamp)
     date = shard.ingest_date
@@ -181,7 +224,7 @@ def process_shard(
 
 def process_object(
     obj: ObjectRef, source: Source, params: IngestParams, detector: Any,
-    seen: set[str] | ShardSeen, stamp: dict[str, Any],
+    seen: set[str] | ShardSeen | AlreadySeen, stamp: dict[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
     """One source object → its ``images`` row, its face rows and their crops (unscored).
 
@@ -279,8 +322,11 @@ def score_faces(
             "margin": float(batch.margin[i]),
             "entropy": float(batch.entropy[i]),
             "flip_agreement": bool(batch.flip_agreement[i]),
-            "similarity": float(batch.similarity[i]),
-            "embedding": batch.embedding[i].astype(np.float32).tolist(),
+            # null when the model gives no embedding (an ONNX model without one)
+            "similarity": (None if np.isnan(batch.similarity[i])
+                           else float(batch.similarity[i])),
+            "embedding": (batch.embedding[i].astype(np.float32).tolist()
+                          if batch.embedding.shape[1] else None),
             "status": STATUS_OK,
             "error": None,
         })
@@ -290,6 +336,7 @@ def score_faces(
 # -- summary -------------------------------------------------------------------------------------
 def summarize(catalog: DataCatalog, ingest_date: str) -> dict[str, Any]:
     """What the night produced, read back from the committed Parquet files."""
+    check_date(ingest_date, "ingest date")
     con = catalog.connect()
     date = ingest_date.replace("'", "''")
 

@@ -53,6 +53,7 @@ from omnifer.catalog.provenance import provenance
 from omnifer.catalog.schemas import FACES, IMAGES, SCORES
 from omnifer.errors import ConfigError, DatasetError, DecodeError
 from omnifer.imaging.decode import decode_image
+from omnifer.params import check_date
 from omnifer.pipeline.ingest import process_object, score_faces
 from omnifer.pipeline.workers import STATUS_DUPLICATE, WorkerResources
 from omnifer.sources import source_from_dict
@@ -61,11 +62,14 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES: dict[str, tuple[str, ...]] = {
     "fetch": ("fetch_failed", "unreadable", "missing"),
+    "decode": ("unsupported", "corrupt", "not_image"),
     "detect": ("detect_failed",),
     "score": ("score_failed",),
 }
-"""Stage name → the row statuses ``retry-failed --stage`` reprocesses (images rows for fetch
-and detect, scores rows for score)."""
+"""Stage name → the row statuses ``retry-failed --stage`` reprocesses (images rows for fetch,
+decode and detect, scores rows for score). ``decode`` is for rows an older or narrower
+decoder refused (before pillow-heif was installed, before metadata limits stopped
+rejecting pixels): the bytes are read and decoded again by today's decoder."""
 
 
 class RetryTarget(BaseModel):
@@ -103,7 +107,7 @@ def find_failed(catalog: DataCatalog, stage: str, date: str | None = None) -> li
     dataset = "scores" if stage == "score" else "images"
     flt = ds.field("status").isin(list(statuses))
     if date is not None:
-        flt = flt & (ds.field("ingest_date") == date)
+        flt = flt & (ds.field("ingest_date") == check_date(date, "date"))
     table = catalog.read(dataset, columns=["ingest_date", "shard_id"], filter=flt)
     counts = Counter(zip(table["ingest_date"].to_pylist(), table["shard_id"].to_pylist(),
                          strict=True))
@@ -330,10 +334,12 @@ def _retry_scores(
                 done.add(face["face_id"])
     for face in faces:  # the source changed or is gone: the stored crop is what we have
         if face["face_id"] not in done:
-            try:
+            try:  # our own JPEG, read by the project's one decoder
                 crop = decode_image(face["crop"]).image
-            except DecodeError:  # scoring then fails for it: the row stays score_failed
-                crop = None
+            except DecodeError as exc:
+                log.warning("face %s: stored crop unreadable (%s); left failed",
+                            face["face_id"], exc)
+                continue
             rows.append(face)
             crops.append(crop)
             done.add(face["face_id"])

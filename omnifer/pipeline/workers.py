@@ -2,22 +2,29 @@
 
 :class:`WorkerResources` loads the detector (one per thread: OpenCV's are not thread-safe) and
 the scorer (one per process) on first use and keeps them for the life of the worker, so a shard
-never pays for loading a model. :class:`SeenIndex` knows which shard owns each content hash.
+never pays for loading a model. :class:`SeenIndex` knows which shard owns each content hash
+(in this process); :class:`SharedClaims` makes those claims hold across processes (Dask).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import logging
+import os
 import threading
 from typing import Any
 
 import pyarrow.dataset as ds
 
+from omnifer import storage
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import IngestParams, IngestPlan
 from omnifer.curation.scoring import Scorer
 from omnifer.faces.detectors import create_detector
 from omnifer.models.checkpoints import load_checkpoint
 from omnifer.models.versions import local_checkpoint
+
+log = logging.getLogger(__name__)
 
 STATUS_DUPLICATE = "duplicate"
 
@@ -35,14 +42,18 @@ class WorkerResources:
 
     @classmethod
     def detector(cls, params: IngestParams) -> Any:
-        key = (params.detector, params.min_det_score, params.max_side)
+        key = (params.detector, params.min_det_score, params.max_side, params.detect_scale,
+               params.min_face_size, params.refine_px, params.whole_frame)
         cache = getattr(cls._local, "detectors", None)
         if cache is None:
             cache = cls._local.detectors = {}
         if key not in cache:
             cache[key] = create_detector(
-                params.detector, score_threshold=params.min_det_score, max_side=params.max_side
+                params.detector, score_threshold=params.min_det_score, max_side=params.max_side,
+                scale=params.detect_scale, min_face_size=params.min_face_size,
+                refine_px=params.refine_px, whole_frame=params.whole_frame,
             )
+            log.info("loaded detector %s in process %d", params.detector, os.getpid())
         return cache[key]
 
     @classmethod
@@ -56,6 +67,7 @@ class WorkerResources:
                 cls._scorers[key] = Scorer(
                     load_checkpoint(path), batch_size=params.score_batch_size
                 )
+                log.info("loaded model %s in process %d", params.model_version, os.getpid())
             return cls._scorers[key]
 
 
@@ -113,19 +125,92 @@ class SeenIndex:
         with self._claim_lock:
             return self._owners.setdefault(sha, shard_id) != shard_id
 
+    def owner(self, sha: str) -> str | None:
+        """The shard that owns ``sha`` here (None: nobody yet), without claiming it."""
+        with self._claim_lock:
+            return self._owners.get(sha)
+
+
+class SharedClaims:
+    """Content claims that hold across processes: one object per new content hash.
+
+    Why: :class:`SeenIndex` claims content in memory, which is enough while all shards of a
+    plan run in one process (the thread runner). On Dask they run in worker processes that
+    share nothing, and the same bytes in two shards on two workers would both be ``ok`` (two
+    rows per face). So there a shard claims each new hash in the catalog,
+    ``_claims/ingest_date=D/<plan_id>/<sha256>`` created exclusively
+    (:func:`omnifer.storage.files.create_exclusive`) with the shard id as its body: the first
+    creator owns the content for good, a rerun of that shard finds its own claim and owns it
+    again, every other shard marks its copy ``duplicate``. Claims go out on a small thread
+    pool while the shard decodes and detects (S3 latency hidden); :meth:`lost` collects them
+    before scoring. Cost: one small object per new image of the night.
+    """
+
+    _pool: cf.ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, catalog: DataCatalog, plan: IngestPlan, shard_id: str) -> None:
+        self._folder = catalog.aux_uri("_claims", f"ingest_date={plan.ingest_date}",
+                                       plan.plan_id)
+        self._shard_id = shard_id
+        self._pending: dict[str, cf.Future[bool]] = {}
+        with self._pool_lock:
+            if SharedClaims._pool is None:
+                SharedClaims._pool = cf.ThreadPoolExecutor(8, thread_name_prefix="claims")
+            self._executor = SharedClaims._pool
+
+    def _claim(self, sha: str) -> bool:
+        uri = f"{self._folder}/{sha}"
+        body = self._shard_id.encode()
+        return storage.create_exclusive(uri, body) or storage.read_bytes(uri) == body
+
+    def start(self, sha: str) -> None:
+        """Claim ``sha`` for this shard in the background."""
+        self._pending[sha] = self._executor.submit(self._claim, sha)
+
+    def lost(self) -> set[str]:
+        """The hashes another shard claimed first (waits for every claim; StorageError when
+        the catalog cannot take them: the shard then fails and its rerun claims again)."""
+        return {sha for sha, fut in self._pending.items() if not fut.result()}
+
 
 class ShardSeen:
-    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims."""
+    """The ``seen`` set one shard hands to :func:`process_object`: ``sha in seen`` claims.
 
-    def __init__(self, index: SeenIndex, shard_id: str) -> None:
+    With ``shared`` claims (shards of the plan in other processes), content not committed yet
+    is claimed in the catalog instead of in memory;
+    :func:`omnifer.pipeline.ingest.process_shard` then gives up what it lost
+    (:meth:`SharedClaims.lost`).
+    """
+
+    def __init__(self, index: SeenIndex, shard_id: str,
+                 shared: SharedClaims | None = None) -> None:
         self._index, self._shard_id = index, shard_id
         self._mine: set[str] = set()  # the same bytes twice in one shard: the 2nd is a dup
+        self.shared = shared
 
     def __contains__(self, sha: object) -> bool:
         if sha in self._mine:
             return True
         self._mine.add(str(sha))
-        return self._index.claim(str(sha), self._shard_id)
+        if self.shared is None:
+            return self._index.claim(str(sha), self._shard_id)
+        owner = self._index.owner(str(sha))  # committed before this process read the index
+        if owner is not None and owner != self._shard_id:
+            return True
+        self.shared.start(str(sha))
+        return False
 
     def add(self, sha: str) -> None:
         """Nothing to do: the membership test has claimed ``sha`` already."""
+
+
+class AlreadySeen:
+    """A ``seen`` set that holds everything: an object processed with it gets the rows of a
+    duplicate (content another shard claimed first)."""
+
+    def __contains__(self, sha: object) -> bool:
+        return True
+
+    def add(self, sha: str) -> None:
+        """Nothing to do: everything is seen already."""

@@ -44,18 +44,9 @@ def find_run(catalog: DataCatalog, run_id: str | None = None,
              date: str | None = None) -> dict[str, Any]:
     """The run record to report on: by id (a unique prefix will do), else the latest nightly
     run of ``date``, else the latest nightly run."""
-    records = runs.list_runs(catalog, limit=1_000_000)
     if run_id:
-        exact = runs.get_run(catalog, run_id)
-        if exact is not None:
-            return exact
-        matches = [r for r in records if str(r.get("run_id", "")).startswith(run_id)]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise DatasetError(f"run id {run_id!r} is ambiguous: {len(matches)} runs start "
-                               "with it (see 'omnifer runs')")
-        raise DatasetError(f"no run {run_id!r} in the catalog (see 'omnifer runs')")
+        return runs.resolve_run(catalog, run_id)  # the one resolver every command uses
+    records = runs.list_runs(catalog, limit=1_000_000)
     nightly = [r for r in records if r.get("flow") == NIGHTLY_FLOW]
     if date:
         nightly = [r for r in nightly if r.get("ingest_date") == date]
@@ -96,6 +87,9 @@ class ReportFacts:
     models: list[dict[str, Any]]
     confusions: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    # listed vs rowed: the run's listing counts (plan stage) and the images rows its plan's
+    # shards hold in the catalog (see _accounting)
+    accounting: dict[str, Any] = field(default_factory=dict)
 
 
 def _find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str] | None] | None:
@@ -132,7 +126,9 @@ def _models(con: Any) -> list[dict[str, Any]]:
     out = sorted(versions.values(), key=lambda e: (e["registered_at"], e["version"]))
     for entry in out:
         events = entry["events"]
-        entry["verdict"] = ("promoted" if "promoted" in events else
+        last = [e for e in events if e in ("promoted", "rolled_back")]
+        entry["verdict"] = ("rolled back" if last and last[-1] == "rolled_back" else
+                            "promoted" if "promoted" in events else
                             "rejected" if "rejected" in events else "registered")
         entry["current"] = entry["version"] == current
     return out
@@ -237,6 +233,10 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
         elif version:
             notes.append(f"no confusion matrix is recorded for model {version}")
 
+    accounting = _accounting(catalog, q, run, date)
+    if accounting.get("planned") is not None and accounting["rowed"] != accounting["planned"]:
+        notes.append(f"{accounting['planned']} objects were planned but the catalog holds "
+                     f"{accounting['rowed']} rows for them (failed shards? see the Run table)")
     return ReportFacts(
         run=run, ingest_date=date, model_version=model_version,
         curated_version=curated_version, classes=classes, status=status,
@@ -249,8 +249,32 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
         thresholds={c: float(policy.confidence_threshold(c)) for c in classes},
         scores=scores, similarity=similarity, samples=samples,
         distilled=_distilled(catalog, con, summary, curated_version),
-        models=models, confusions=confusions, notes=notes,
+        models=models, confusions=confusions, notes=notes, accounting=accounting,
     )
+
+
+def _accounting(catalog: DataCatalog, q: Any, run: dict[str, Any], date: str) -> dict[str, Any]:
+    """Listed vs rowed for the run's plan: the listing counts the run recorded (``plan``
+    stage) and, from the catalog, the images rows (and distinct objects) of the plan's shards.
+    Empty for runs recorded before plans counted their listing."""
+    from omnifer.catalog.plans import load_plans
+
+    plan_stage = (run.get("stages") or {}).get("plan") or {}
+    plan_id = plan_stage.get("plan_id") or (run.get("summary") or {}).get("plan_id")
+    if not plan_id:
+        return {}
+    plan = next((p for p in load_plans(catalog, date) if p.plan_id == plan_id), None)
+    shard_ids = [s.shard_id for s in plan.shards] if plan is not None else []
+    rowed, distinct = q("SELECT count(*), count(DISTINCT source_uri) FROM images WHERE "
+                        "ingest_date = ? AND list_contains(?::VARCHAR[], shard_id)", date,
+                        shard_ids)[0]
+    keys = ("listed", "planned", "unchanged", "ignored", "excluded", "skipped_entries",
+            "ignored_by_reason", "skipped_by_reason")
+    out = {k: plan_stage[k] for k in keys if k in plan_stage}
+    if plan is not None:
+        out.setdefault("planned", plan.n_objects)
+    out.update(rowed=int(rowed), rowed_objects=int(distinct))
+    return out
 
 
 def _distilled(catalog: DataCatalog, con: Any, summary: dict[str, Any],

@@ -132,7 +132,18 @@ def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
     for s, n, err in facts.status:
         w(f"<tr><td>{_e(s)}</td><td class=n data-k='status:{_e(s)}'>{n:,}</td>"
           f"<td class=sub>{_e(err or '')}</td></tr>")
-    w("</table></div></section>")
+    w("</table></div>")
+    acc_ = facts.accounting
+    if acc_.get("listed") is not None:
+        why = ", ".join(f"{k} {v}" for k, v in {**acc_.get("ignored_by_reason", {}),
+                                                **acc_.get("skipped_by_reason", {})}.items())
+        w(f"<p class=sub>listed <b data-k='listed'>{acc_['listed']:,}</b> objects: "
+          f"<b data-k='planned'>{acc_.get('planned', 0):,}</b> new → "
+          f"<b data-k='rowed'>{acc_['rowed']:,}</b> rows, {acc_.get('unchanged', 0):,} "
+          f"unchanged since an earlier night. Not listed: {acc_.get('ignored', 0):,} system "
+          f"junk, {acc_.get('excluded', 0):,} excluded, {acc_.get('skipped_entries', 0):,} "
+          f"odd entries skipped{f' ({_e(why)})' if why else ''}.</p>")
+    w("</section>")
     f = facts.faces
     w("<section id=faces><h2>Faces found</h2><div class=row><table>")
     for key, label in (("faces", "faces found"), ("images_with_faces", "images with a face"),

@@ -12,14 +12,22 @@ from omnifer.sources.base import (
     SourceObject,
     list_objects,
     read_object,
+    relative_path,
 )
+from omnifer.sources.listing import ListingReport
 from omnifer.sources.local import LocalSource
 from omnifer.sources.parse import SourceSpec, parse_source, source_from_dict
 from omnifer.sources.s3 import S3Source
-from omnifer.sources.urls import UrlManifestSource, is_public_address, strip_credentials
+from omnifer.sources.urls import (
+    UrlManifestSource,
+    is_public_address,
+    strip_credentials,
+    url_identity,
+)
 
 __all__ = [
-    "FetchError", "ListedSource", "LocalSource", "ObjectLike", "S3Source", "Source",
-    "SourceObject", "SourceSpec", "UrlManifestSource", "is_public_address", "list_objects",
-    "parse_source", "read_object", "source_from_dict", "strip_credentials",
+    "FetchError", "ListedSource", "ListingReport", "LocalSource", "ObjectLike", "S3Source",
+    "Source", "SourceObject", "SourceSpec", "UrlManifestSource", "is_public_address",
+    "list_objects", "parse_source", "read_object", "relative_path", "source_from_dict",
+    "strip_credentials", "url_identity",
 ]

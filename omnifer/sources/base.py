@@ -15,8 +15,17 @@ errors after bounded retries, too many redirects), ``forbidden_url`` (a scheme o
 source does not allow, or a path outside the source's root).
 
 Kinds: :mod:`~omnifer.sources.local` (folders), :mod:`~omnifer.sources.s3` (S3 prefixes),
-:mod:`~omnifer.sources.urls` (URL manifests); each implements :meth:`Source.list_objects` and
-:meth:`Source.read_object`.
+:mod:`~omnifer.sources.urls` (URL manifests); each implements :meth:`Source.scan`,
+:meth:`Source.relative_path` and :meth:`Source.read_object`.
+
+What is listed: every object, whatever its name (the decoder decides what it is by its bytes),
+except system junk (:func:`omnifer.storage.ignore.is_ignored`: hidden entries, ``._*``
+AppleDouble files, ``__MACOSX/``, ``@eaDir/``, ``Thumbs.db``, ...) and what the source's
+``exclude`` globs name (:func:`omnifer.storage.ignore.is_excluded`); the same rule for folders,
+buckets and URL manifests. Odd entries met while listing a folder (a folder that cannot be
+read, a dangling symlink, an entry that vanished) are logged and counted in a
+:class:`~omnifer.sources.listing.ListingReport`, never raised: one bad corner of a tree does
+not end the night.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from omnifer.errors import SourceError
-from omnifer.imaging.transforms import IMAGE_EXTENSIONS
+from omnifer.sources.listing import ListingReport
+from omnifer.storage.ignore import check_globs, is_excluded, is_ignored
 
 
 class FetchError(SourceError):
@@ -62,12 +72,40 @@ class ObjectLike(Protocol):
 
 
 class Source(BaseModel):
-    """Base of every source spec: frozen, no unknown fields, and the two operations."""
+    """Base of every source spec: frozen, no unknown fields, and the two operations.
+
+    ``exclude``: globs of paths not to list (see :func:`omnifer.storage.ignore.is_excluded`),
+    on top of the system junk every source skips.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def list_objects(self) -> Iterator[SourceObject]:
-        """Stream this source's objects in a deterministic order; SourceError if unlistable."""
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        return check_globs([value] if isinstance(value, str) else value)
+
+    def list_objects(self, report: ListingReport | None = None) -> Iterator[SourceObject]:
+        """Stream this source's objects in a deterministic order; SourceError if unlistable.
+
+        Junk and ``exclude``d paths are left out; what was left out or could not be listed is
+        counted in ``report`` (``report.listed`` counts the objects yielded).
+        """
+        report = report if report is not None else ListingReport()
+        return _counted(self.scan(report), report)
+
+    def scan(self, report: ListingReport) -> Iterator[SourceObject]:
+        """This source's objects without junk and excluded paths, in a deterministic order
+        (what each kind implements; callers use :meth:`list_objects`)."""
+        raise NotImplementedError
+
+    def relative_path(self, uri: str) -> str:
+        """The POSIX path that ignore and exclude rules see for ``uri`` (relative to the
+        source: the path under a folder, the key after a prefix, ``host/path`` of a URL)."""
         raise NotImplementedError
 
     def read_object(self, obj: ObjectLike, max_bytes: int) -> bytes:
@@ -76,9 +114,11 @@ class Source(BaseModel):
 
 
 class ListedSource(Source):
-    """A source whose object names are filtered by suffix (case-insensitive)."""
+    """A source whose object names may be filtered by suffix (case-insensitive); None (the
+    default) lists every file, so that none is left without a row (a source may opt into
+    :data:`omnifer.imaging.transforms.IMAGE_EXTENSIONS`)."""
 
-    extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] | None = None
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -89,11 +129,49 @@ class ListedSource(Source):
         return tuple("." + str(e).lower().lstrip(".") for e in items)
 
 
-def list_objects(spec: Source) -> Iterator[SourceObject]:
-    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable."""
+def list_objects(spec: Source, report: ListingReport | None = None) -> Iterator[SourceObject]:
+    """Stream the objects of ``spec`` in a deterministic order; SourceError if unlistable.
+
+    Junk (:func:`omnifer.storage.ignore.is_ignored`) and ``exclude``d paths are left out;
+    what was left out or could not be listed is counted in ``report`` (see
+    :class:`~omnifer.sources.listing.ListingReport`).
+    """
     if not isinstance(spec, Source):
         raise SourceError(f"not a source spec: {type(spec).__name__}")
-    return spec.list_objects()
+    return spec.list_objects(report)
+
+
+def relative_path(spec: Source, uri: str) -> str:
+    """The POSIX path that ignore and exclude rules see for ``uri``: the path under a local
+    root, the key after an S3 prefix, ``host/path`` (percent-decoded) of a URL."""
+    return spec.relative_path(uri)
+
+
+def _counted(objects: Iterator[SourceObject], report: ListingReport) -> Iterator[SourceObject]:
+    for obj in objects:
+        report.listed += 1
+        yield obj
+
+
+def filtered(spec: Source, objects: Iterator[SourceObject],
+             report: ListingReport) -> Iterator[SourceObject]:
+    """``objects`` without junk, ``exclude``d paths and suffixes outside ``extensions`` (if the
+    spec has them), each left-out object counted in ``report``: the filter of sources that
+    list flat keys (S3 prefixes, URL manifests)."""
+    exts = getattr(spec, "extensions", None)
+    for obj in objects:
+        rel = spec.relative_path(obj.uri)
+        reason = is_ignored(rel)
+        if reason is not None:
+            report.ignore(obj.uri, reason)
+            continue
+        rule = is_excluded(rel, spec.exclude)
+        if rule is None and exts is not None and not rel.lower().endswith(exts):
+            rule = "extensions"
+        if rule is not None:
+            report.exclude(obj.uri, rule)
+            continue
+        yield obj
 
 
 def read_object(spec: Source, obj: ObjectLike, max_bytes: int) -> bytes:
@@ -107,5 +185,6 @@ def read_object(spec: Source, obj: ObjectLike, max_bytes: int) -> bytes:
 
 
 def too_large(uri: str, size: int | None, max_bytes: int) -> FetchError:
+    """The ``too_large`` FetchError for ``uri`` (``size``: bytes it has, None: unknown)."""
     shown = f"{size} bytes" if size is not None else "more bytes"
     return FetchError("too_large", f"{uri}: {shown} > max_bytes {max_bytes}")

@@ -14,7 +14,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from omnifer.errors import SourceError
-from omnifer.sources.base import FetchError, ListedSource, ObjectLike, SourceObject, too_large
+from omnifer.sources.base import (
+    FetchError,
+    ListedSource,
+    ObjectLike,
+    SourceObject,
+    filtered,
+    too_large,
+)
+from omnifer.sources.listing import ListingReport
 from omnifer.storage.s3 import s3_client, s3_error
 
 
@@ -33,8 +41,11 @@ class S3Source(ListedSource):
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def list_objects(self) -> Iterator[SourceObject]:
-        return _list_s3(self)
+    def scan(self, report: ListingReport) -> Iterator[SourceObject]:
+        return filtered(self, _list_s3(self), report)
+
+    def relative_path(self, uri: str) -> str:
+        return uri.removeprefix(f"s3://{self.bucket}/").removeprefix(self.prefix)
 
     def read_object(self, obj: ObjectLike, max_bytes: int) -> bytes:
         return _read_s3(self, obj, max_bytes)
@@ -56,12 +67,11 @@ def _list_s3(spec: S3Source) -> Iterator[SourceObject]:
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=spec.bucket, Prefix=spec.prefix, PaginationConfig={"PageSize": _S3_PAGE_SIZE}
     )
-    exts = spec.extensions
     try:
         for page in pages:  # S3 returns keys in UTF-8 binary order: deterministic
             for item in page.get("Contents", []):
                 key = item["Key"]
-                if key.endswith("/") or (exts is not None and not key.lower().endswith(exts)):
+                if key.endswith("/"):  # a "folder" marker object, not an object of its own
                     continue
                 etag = str(item.get("ETag", "")).strip('"') or None
                 yield SourceObject(f"s3://{spec.bucket}/{key}", int(item["Size"]), etag)

@@ -2,21 +2,29 @@
 
 Safety choices:
 
-* URIs written to datasets never carry credentials: userinfo and query parameters named like
-  tokens/signatures/keys are stripped (:func:`strip_credentials`). A worker that needs the
-  credentialed URL looks it up in the manifest again (once per process).
+* URIs written to datasets never carry credentials, and redacting them never changes what
+  identifies or fetches an object: a manifest URL's ``source_uri`` is :func:`url_identity`,
+  the URL without userinfo and credential-like query parameters (:func:`strip_credentials`)
+  plus, when those were there, a key ``#omnifer-key=<sha256 of the full URL, 16 hex>``. So
+  ``…/a.jpg?sig=1`` and ``…/a.jpg?sig=2`` stay two objects (two rows, two fetches), and the
+  same URL listed twice is one. A worker that needs the credentialed URL looks it up in the
+  manifest again by that identity (once per process).
 * URL fetching uses the standard library's ``http.client`` rather than ``requests`` (no extra
   dependency, and the connection is made to the very address that was checked): every hop's
   host is resolved and *all* its addresses must be public unless ``allow_private``; redirects
   are followed by hand (each hop re-checked, at most ``max_redirects``); bodies are streamed
   and cut at ``max_bytes``; each attempt has a deadline; 5xx/connection errors are retried
   ``retries`` times with exponential backoff. Environment proxies are not used.
+
+Junk and ``exclude`` globs apply to ``host/path`` (percent-decoded) of each URL, as they do to
+the paths of folders and buckets (:func:`omnifer.sources.base.filtered`).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import http.client
 import ipaddress
 import logging
@@ -33,7 +41,8 @@ from urllib.request import url2pathname
 from pydantic import Field, field_validator
 
 from omnifer.errors import SourceError
-from omnifer.sources.base import FetchError, ObjectLike, Source, SourceObject, too_large
+from omnifer.sources.base import FetchError, ObjectLike, Source, SourceObject, filtered, too_large
+from omnifer.sources.listing import ListingReport
 from omnifer.storage.files import resolve
 
 log = logging.getLogger(__name__)
@@ -67,12 +76,19 @@ class UrlManifestSource(Source):
     def __str__(self) -> str:
         return f"urls:{self.manifest}"
 
-    def list_objects(self) -> Iterator[SourceObject]:
-        return _list_urls(self)
+    def scan(self, report: ListingReport) -> Iterator[SourceObject]:
+        return filtered(self, _list_urls(self), report)
+
+    def relative_path(self, uri: str) -> str:
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            return uri
+        return f"{parts.hostname or ''}{unquote(parts.path)}"
 
     def read_object(self, obj: ObjectLike, max_bytes: int) -> bytes:
         cap = min(max_bytes, self.max_bytes or max_bytes)
-        return _fetch_url(self, _manifest_originals(self).get(obj.uri, obj.uri), cap)
+        return _fetch_url(self, _original_url(self, obj.uri), cap)
 
 
 _SENSITIVE_PARAM = re.compile(
@@ -86,8 +102,8 @@ def strip_credentials(uri: str) -> str:
     """``uri`` without userinfo, fragment, or query parameters named like credentials
     (token, signature, key, secret, password, X-Amz-Credential, ...).
 
-    The result is what datasets store, so it must be both secret-free and stable (a presigned
-    URL's signature changes every night; the stripped URL does not)."""
+    For display only: two URLs that differ only in a secret strip to the same text, so
+    identity is :func:`url_identity` (this plus a key), never this alone."""
     try:
         parts = urlsplit(uri)
     except ValueError:  # malformed (e.g. a broken IPv6 host): keep only what is surely safe
@@ -123,26 +139,86 @@ def _iter_manifest(spec: UrlManifestSource) -> Iterator[str]:
                           f"(column '{spec.column}'): {exc}") from None
 
 
+_KEY_FRAGMENT = "omnifer-key="
+
+
+def _redacts(url: str) -> bool:
+    """Whether :func:`strip_credentials` removes something the server would see (userinfo
+    or a query parameter), as opposed to the fragment alone, which is never sent."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return strip_credentials(url) != url.split("#", 1)[0]
+    return "@" in parts.netloc or any(
+        p and _SENSITIVE_PARAM.search(unquote(p.partition("=")[0]))
+        for p in parts.query.split("&"))
+
+
+def url_identity(url: str) -> str:
+    """The ``source_uri`` of a manifest URL: what identifies it (plans, the seen set, rows,
+    retries) and what may be shown (logs, errors, datasets).
+
+    It is :func:`strip_credentials` of ``url``, plus ``#omnifer-key=<16 hex>`` when that
+    stripped userinfo or a parameter: the first 64 bits of the sha256 of ``url`` as fetched
+    (without its fragment). Redacting for display then never merges two objects: URLs that
+    differ only in ``sig=…`` get different keys, the same URL always the same key. The key
+    is a one-way digest of the whole URL (high-entropy signatures cannot be recovered from
+    it; a short password in userinfo is better passed some other way). A URL without
+    credentials is its own identity (minus any fragment), as before.
+    """
+    shown = strip_credentials(url)
+    if not _redacts(url):
+        return shown
+    fetched = url.split("#", 1)[0]
+    return f"{shown}#{_KEY_FRAGMENT}{hashlib.sha256(fetched.encode()).hexdigest()[:16]}"
+
+
 def _list_urls(spec: UrlManifestSource) -> Iterator[SourceObject]:
+    """One object per distinct URL (by :func:`url_identity`), in manifest order: a URL listed
+    twice is fetched once and gives one row."""
+    seen: set[bytes] = set()  # 12-byte digests: a 10-million-row manifest stays ~1 GB lighter
+    repeats = 0
     for url in _iter_manifest(spec):
-        yield SourceObject(strip_credentials(url))
+        uri = url_identity(url)
+        digest = hashlib.sha256(uri.encode()).digest()[:12]
+        if digest in seen:
+            repeats += 1
+            continue
+        seen.add(digest)
+        yield SourceObject(uri)
+    if repeats:
+        log.info("%s: %d repeated URL(s) listed once", spec, repeats)
 
 
 @functools.lru_cache(maxsize=8)
 def _manifest_originals(spec: UrlManifestSource) -> dict[str, str]:
-    """Stripped URI → original URL, only for rows that carried credentials (usually none).
+    """Identity → original URL, only for rows that carried credentials (usually none).
 
     Read once per process. A manifest that can no longer be read is not fatal here: its
     URLs are fetched as stored (a credentialed one then fails with its own row status)."""
     mapping: dict[str, str] = {}
     try:
         for url in _iter_manifest(spec):
-            clean = strip_credentials(url)
-            if clean != url:
-                mapping[clean] = url
+            uri = url_identity(url)
+            if _KEY_FRAGMENT in uri:
+                mapping[uri] = url
     except SourceError as exc:
         log.warning("fetching URLs without credential lookup: %s", exc)
     return mapping
+
+
+def _original_url(spec: UrlManifestSource, uri: str) -> str:
+    """The URL to fetch for the row ``uri`` (its credentials looked up in the manifest).
+
+    Raises FetchError ``missing`` for a keyed identity the manifest no longer holds: fetching
+    its redacted form would ask for something else (or without its credentials)."""
+    url = _manifest_originals(spec).get(uri)
+    if url is not None:
+        return url
+    if f"#{_KEY_FRAGMENT}" in uri:
+        raise FetchError("missing", f"{uri}: no longer in the manifest {spec.manifest}, so "
+                         "its credentials are unknown")
+    return uri
 
 
 def is_public_address(address: str) -> bool:

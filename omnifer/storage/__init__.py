@@ -8,7 +8,8 @@ ones. Dataset discovery skips names starting with ``_`` or ``.``.
 
 Modules: :mod:`~omnifer.storage.s3` (endpoint, region, clients), :mod:`~omnifer.storage.files`
 (bytes, listings, exclusive creation), :mod:`~omnifer.storage.compaction_state` (which files
-readers see), :mod:`~omnifer.storage.parquet` (Parquet files and datasets).
+readers see), :mod:`~omnifer.storage.parquet` (Parquet files and datasets),
+:mod:`~omnifer.storage.ignore` (system junk and ``exclude`` globs: one rule for every listing).
 """
 
 from omnifer.storage.compaction_state import (

@@ -1,10 +1,11 @@
 """A corpus of hostile and awkward image files, made by code (no committed binaries).
 
 :func:`write_corpus` writes one file per :class:`Case` under a folder and says what each
-must become in ``images`` (status, and the face count for the ones that decode). Some cases
-only exist *after* the plan is written (a file that vanishes between listing and reading, a
-file that becomes unreadable): :func:`sabotage` applies them, so a test or the benchmark does
-``write_corpus → plan → sabotage → process``.
+must become in ``images`` (status, and the face count for the ones that decode), or that it
+must become *no* row (``status`` None: system junk the crawler ignores, an entry listing
+skips, ``no_row`` says which). Some cases only exist *after* the plan is written (a file
+that vanishes between listing and reading, a file that becomes unreadable): :func:`sabotage`
+applies them, so a test or the benchmark does ``write_corpus → plan → sabotage → process``.
 
 The faces are drawn by :mod:`omnifer.demo` (YuNet finds them); a 6×5 grid gives thirty.
 """
@@ -27,13 +28,16 @@ GOOD_STATUSES = ("ok", "no_face")
 
 @dataclass(frozen=True)
 class Case:
-    """One corpus file. ``name`` is bytes so that non-UTF-8 names can be written."""
+    """One corpus file. ``name`` is bytes so that non-UTF-8 names can be written; it may
+    hold folders (``b"@eaDir/x.jpg"``)."""
 
     key: str  # short id for tables
     name: bytes  # file name under the corpus root
-    status: str  # expected images.status
+    status: str | None  # expected images.status; None: the file must have no row
     n_faces: int | None = None  # expected faces when the image decodes
     after_plan: str | None = None  # "vanish" | "unreadable" | None
+    no_row: str | None = None  # why there is no row: "ignored" (junk) | "skipped: <reason>"
+    link_to: bytes | None = None  # written as a symlink to this (relative) target
 
 
 def drawn_faces(n: int, cols: int, cell: int, seed: int) -> np.ndarray:
@@ -78,8 +82,28 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
+def png_with_text(img: Image.Image, text_bytes: int, seed: int) -> bytes:
+    """``img`` as PNG with a zTXt chunk whose text inflates to ``text_bytes`` bytes of
+    incompressible noise (so the chunk itself is that big too): a valid PNG that Pillow's
+    1 MB metadata limit refuses."""
+    png = encode_pil(img, "PNG")
+    noise = np.random.default_rng(seed).integers(1, 256, text_bytes, dtype=np.uint8).tobytes()
+    body = b"Comment\x00\x00" + zlib.compress(noise, 1)
+    chunk = (struct.pack(">I", len(body)) + b"zTXt" + body
+             + struct.pack(">I", zlib.crc32(b"zTXt" + body) & 0xFFFFFFFF))
+    ihdr_end = 8 + 25  # signature + IHDR chunk: metadata goes right after the header
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _heif_available() -> bool:
+    from omnifer.imaging.decode import HEIF_AVAILABLE
+
+    return HEIF_AVAILABLE
+
+
 def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
-    """Every case with its bytes (the after-plan cases get a good face image; None: a FIFO)."""
+    """Every case with its bytes (the after-plan cases get a good face image; None: a FIFO
+    or a symlink)."""
     one = drawn_faces(1, 1, 256, seed)  # 256×256, one face
     face = to_pil(one)
     noise = np.random.default_rng(seed).integers(0, 256, (96, 128, 3), dtype=np.uint8)
@@ -97,8 +121,11 @@ def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
     exif[0x0112] = 6
     thirty = to_pil(drawn_faces(30, 6, 110, seed + 1))
 
-    def variant(i: int) -> bytes:  # same face, distinct bytes (no 'duplicate' status)
-        return encode_pil(to_pil(drawn_faces(1, 1, 256, seed + 10 + i)), "JPEG", quality=90)
+    def variant(i: int, fmt: str = "JPEG") -> bytes:  # a face, distinct bytes (no 'duplicate')
+        return encode_pil(to_pil(drawn_faces(1, 1, 256, seed + 10 + i)), fmt, quality=90)
+
+    heif = _heif_available()
+    thumb = encode_pil(face.resize((96, 96)), "JPEG", quality=80)  # what NAS/macOS junk holds
 
     return [
         (Case("good_jpeg", b"good.jpg", "ok", 1), jpeg),
@@ -125,6 +152,33 @@ def corpus_files(seed: int = 0) -> list[tuple[Case, bytes | None]]:
         (Case("non_utf8_name", b"caf\xe9-\xff\xfe.jpg", "ok", 1), variant(2)),
         (Case("long_name", b"n" * 240 + b".jpg", "ok", 1), variant(3)),
         (Case("fifo", b"pipe.jpg", "unreadable"), None),  # a named pipe: open() would block
+        # The type is in the bytes, not the name (phones export JPEGs named .HEIC).
+        (Case("heic_named_jpeg", b"IMG_0001.HEIC", "ok", 1), variant(4)),
+        (Case("jfif", b"photo.jfif", "ok", 1), variant(5)),
+        (Case("no_extension", b"IMG_0003", "ok", 1), variant(6)),
+        (Case("avif", b"face.avif", "ok", 1), variant(7, "AVIF")),
+        (Case("heic", b"IMG_0002.heic", "ok" if heif else "unsupported", 1 if heif else None),
+         variant(8, "HEIF") if heif else b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"),
+        (Case("video", b"clip.mov", "not_image"),
+         b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(2000)),
+        # Metadata over Pillow's limits must not cost the pixels (2 MB compressed zTXt).
+        (Case("png_2mb_text_chunk", b"metadata.png", "ok", 1),
+         png_with_text(to_pil(drawn_faces(1, 1, 256, seed + 19)), 2_000_000, seed)),
+        # System junk: never a row, never a duplicate face.
+        (Case("appledouble", b"._good.jpg", None, no_row="ignored"), thumb),
+        (Case("macosx_fork", b"__MACOSX/._good.jpg", None, no_row="ignored"), thumb),
+        (Case("synology_thumb", b"@eaDir/good.jpg/SYNOFILE_THUMB_M.jpg", None, no_row="ignored"),
+         thumb),
+        (Case("ds_store", b".DS_Store", None, no_row="ignored"), b"\x00\x00\x00\x01Bud1" * 64),
+        (Case("thumbs_db", b"Thumbs.db", None, no_row="ignored"), b"\xd0\xcf\x11\xe0" * 128),
+        (Case("desktop_ini", b"desktop.ini", None, no_row="ignored"),
+         b"[.ShellClassInfo]\r\nIconResource=x\r\n"),
+        (Case("notebook_checkpoint", b".ipynb_checkpoints/good-checkpoint.jpg", None,
+              no_row="ignored"), jpeg),
+        (Case("hidden_file", b".hidden.jpg", None, no_row="ignored"), variant(9)),
+        # An odd entry: logged and counted by the listing, not a row, not a crash.
+        (Case("dangling_symlink", b"gone-link.jpg", None, no_row="skipped: dangling_symlink",
+              link_to=b"no-such-target.jpg"), None),
     ]
 
 
@@ -134,7 +188,10 @@ def write_corpus(root: Path, seed: int = 0) -> list[Case]:
     cases = []
     for case, data in corpus_files(seed):
         path = os.path.join(os.fsencode(root), case.name)
-        if data is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if case.link_to is not None:
+            os.symlink(case.link_to, path)
+        elif data is None:
             os.mkfifo(path)
         else:
             with open(path, "wb") as fh:

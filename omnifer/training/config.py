@@ -44,10 +44,33 @@ class TrainConfig(BaseModel):
     deterministic: bool = True
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     resume: bool = True
+    # fine-tuning (omnifer.models.weights): a local weights file for ``arch``; its head is
+    # replaced. ``pretrained_color``: the channel order its first conv was trained on (the
+    # pipeline feeds BGR; RGB filters are reordered once at load). ``normalization``: "auto"
+    # is the file's family (ImageNet for resnet*, ArcFace for iresnet*) with ``pretrained``,
+    # else "data" (mean/std of the training images).
+    pretrained: str | None = None
+    pretrained_color: Literal["rgb", "bgr"] = "rgb"
+    normalization: Literal["auto", "data", "imagenet", "arcface"] = "auto"
+    freeze_stages: int = Field(0, ge=0)  # first N of (stem, layer1 … layer4) kept frozen
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1)  # backbone LR = lr × this; head: lr
+    # temperature scaling on the validation split after training (changes the card, not the
+    # weights; omnifer.models.calibration)
+    calibrate: bool = True
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """What changes the result (not where or how fast it runs)."""
-        return self.model_dump(mode="json", exclude={"threads", "device", "resume"})
+        """What changes the result (not where or how fast it runs).
+
+        The fine-tuning fields count only when set, so runs from before they existed keep
+        their fingerprint (and resume); ``calibrate`` never does (the weights do not change).
+        """
+        data = self.model_dump(mode="json", exclude={"threads", "device", "resume",
+                                                     "calibrate"})
+        for name in ("pretrained", "pretrained_color", "normalization", "freeze_stages",
+                     "backbone_lr_scale"):
+            if data[name] == TrainConfig.model_fields[name].default:
+                data.pop(name)
+        return data
 
 
 def load_train_config(path: Path | str | None = None, **overrides: Any) -> TrainConfig:

@@ -3,7 +3,9 @@
 Recipes (``RetrainSettings.recipe``): ``curated`` adds the full curated set, ``distilled`` the
 few distilled images per class (the paper's point: nearly the gain at a fraction of the cost),
 ``all`` both. Distilled images train on soft targets: part the parent model's softmax, part their
-own class (``teacher_weight``). The new version is registered with its lineage (parent, labeled
+own class (``teacher_weight``); curated faces can too (``curated_teacher_weight``, default 0).
+The parent may be any model kind: an imported ONNX model mines, teaches, and is what the torch
+student has to beat. The new version is registered with its lineage (parent, labeled
 set, curated and distilled versions, teacher) and both test figures; it becomes the primitive
 model only when it beats the current one on the labeled set's held-out test split. A rejected
 version stays in the registry, so "why was v7 not promoted" is a query.
@@ -79,7 +81,9 @@ def read_labeled(spec: LabeledSpec, size: int) -> tuple[LabeledData, LabeledData
     """(train, test) splits of the labeled set named in the settings."""
     if not spec.path:
         raise ConfigError("retrain needs the labeled set: set retrain.labeled.path (and "
-                          ".format) in omnifer.yaml, or pass --labeled PATH --format FMT")
+                          ".format) in omnifer.yaml or OMNIFER_RETRAIN__LABELED__PATH (and "
+                          "__FORMAT) where the flow runs, pass 'omnifer retrain --labeled PATH "
+                          "--format FMT', or the retrain flow's labeled_path / labeled_format")
     train = read_dataset(spec.path, spec.format, spec.train_split, size=size)
     test = read_dataset(spec.path, spec.format, spec.test_split, size=size, classes=train.classes)
     return train, test
@@ -151,6 +155,10 @@ def retrain(
     version: str | None = None,
 ) -> RetrainResult:
     """Train a new version on labeled + mined data, register it, promote it if it is better."""
+    if version is not None:  # it names the model store folder: fail now, not after training
+        from omnifer.params import check_name
+
+        check_name(version, "model version")
     recipe = recipe or settings.recipe
     if recipe not in ("curated", "distilled", "all"):
         raise ConfigError(f"recipe must be curated, distilled or all, not {recipe!r}")
@@ -172,6 +180,8 @@ def retrain(
         if settings.teacher_weight > 0:
             dset = with_teacher_targets(dset, parent_model, settings.teacher_weight, device)
             teacher = {"model_version": parent, "weight": settings.teacher_weight}
+            if parent_model.card.kind != "torch":  # e.g. an imported ONNX teacher
+                teacher["kind"] = parent_model.card.kind
         extra.append(dset)
         used_curated = curated_versions_of(catalog, distilled_version)
     else:
@@ -187,8 +197,16 @@ def retrain(
             versions = curated_versions or curated.current_versions(catalog)
             if not versions:
                 raise DatasetError("no curated rows yet: run the nightly ingest first")
-            extra.append(curated.to_labeled(catalog, versions, cfg.input_size, tmp,
-                                            classes=labeled.classes))
+            mined = curated.to_labeled(catalog, versions, cfg.input_size, tmp,
+                                       classes=labeled.classes)
+            if settings.curated_teacher_weight > 0:  # distillation from the parent on them
+                mined = with_teacher_targets(mined, parent_model,
+                                             settings.curated_teacher_weight, device)
+                teacher = {**(teacher or {"model_version": parent}),
+                           "curated_weight": settings.curated_teacher_weight}
+                if parent_model.card.kind != "torch":
+                    teacher["kind"] = parent_model.card.kind
+            extra.append(mined)
             used_curated = sorted(set(used_curated) | set(versions))
 
         log.info("retraining %s (parent %s, recipe %s) on %d labeled + %d mined images",

@@ -20,6 +20,13 @@ Settings: :class:`omnifer.training.config.TrainConfig`; augmentation:
   Because randomness is re-seeded per epoch, a resumed run ends with the same weights as an
   uninterrupted one.
 * deterministic on CPU for a given ``threads``: ``torch.use_deterministic_algorithms``.
+* any registered architecture (``arch``: ``fercnn_*``, ``resnet18/34/50``, ``iresnet18/34/50``;
+  :mod:`omnifer.models`), from scratch or fine-tuned from a local ``pretrained`` weights file
+  (:mod:`omnifer.models.weights`: head replaced, shapes checked), with the first
+  ``freeze_stages`` stages frozen and the backbone at ``backbone_lr_scale`` × the head's LR
+* calibrated: after training a temperature is fitted on the validation split
+  (:mod:`omnifer.models.calibration`) and stored in the card; scoring applies it. The ECE
+  before and after is logged and kept in ``card.calibration``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ from omnifer.models.checkpoints import (
     save_checkpoint,
     write_file_atomic,
 )
+from omnifer.curation.scoring import forward_tta
+from omnifer.models.modelfiles import sha256_file
 from omnifer.models.registry import count_parameters, create_model
 from omnifer.runtime.progress import track
 from omnifer.training.augment import augment
@@ -131,6 +140,20 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: li
     return correct / max(len(x), 1), loss / max(len(x), 1)
 
 
+@torch.no_grad()
+def _confusion(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: list[float],
+               std: list[float], num_classes: int, batch: int = 256) -> list[list[int]]:
+    """Confusion matrix (C, C) as nested lists: ``[true][predicted]`` counts, no TTA."""
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i in range(0, len(x), batch):
+        pred = model(normalize(x[i : i + batch].float().div(255.0), mean, std)).argmax(1)
+        true = y[i : i + batch].argmax(1)
+        cm += torch.bincount((true * num_classes + pred).cpu(),
+                             minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return cm.tolist()
+
+
 def compute_prototypes(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                        num_classes: int, mean: list[float], std: list[float],
                        device: torch.device, batch: int = 256) -> tuple[torch.Tensor, ...]:
@@ -160,6 +183,8 @@ def _fingerprint(cfg: TrainConfig, train: LabeledData, val: LabeledData | None,
                  extra: Sequence[LabeledData]) -> str:
     payload = {
         "config": cfg.fingerprint_fields(),
+        **({"pretrained_sha256": sha256_file(Path(cfg.pretrained))}
+           if cfg.pretrained and Path(cfg.pretrained).is_file() else {}),
         "train": train.digest(),
         "val": val.digest() if val is not None else None,
         "extra": [e.digest() for e in extra],
@@ -221,22 +246,21 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     x_np, y_np = _concat([fit, *extra], classes, size)
     mean = (x_np.reshape(-1, 3).mean(0) / 255.0).round(6).tolist()
     std = (x_np.reshape(-1, 3).std(0) / 255.0).clip(1e-3).round(6).tolist()
+    norm = cfg.normalization if cfg.normalization != "auto" else (
+        "data" if not cfg.pretrained else "pretrained")
+    if norm != "data":
+        from omnifer.models.weights import ARCFACE, IMAGENET, pretrained_normalization
+
+        rgb = {"imagenet": IMAGENET, "arcface": ARCFACE}.get(norm) \
+            or pretrained_normalization(cfg.arch)
+        mean, std = rgb[0][::-1], rgb[1][::-1]  # stated in RGB order; the pipeline is BGR
     x_all = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
     y_all = torch.from_numpy(y_np).to(device)
     if held is not None:
         x_val = torch.from_numpy(held.images).permute(0, 3, 1, 2).contiguous().to(device)
         y_val = torch.from_numpy(held.soft_targets()).to(device)
 
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device)
-    params = [{"params": [p for n, p in model.named_parameters() if p.ndim > 1],
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in model.named_parameters() if p.ndim <= 1],
-               "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
+    model, opt, pretrained = _build_model(cfg, len(classes), device)
 
     n = len(x_all)
     steps_per_epoch = math.ceil(n / min(cfg.batch_size, n))
@@ -261,8 +285,7 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
             log.info("resuming %s after epoch %d", out, start_epoch)
         except (OSError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("cannot resume from %s (%s): starting afresh", state_dir, exc)
-            torch.manual_seed(cfg.seed)
-            model = create_model(cfg.arch, len(classes), **cfg.arch_kwargs).to(device)
+            model, opt, pretrained = _build_model(cfg, len(classes), device)
             start_epoch, bad_epochs, history = 0, 0, []
     log.info("training %s (%d params) on %d images (+%d val), %d classes, device %s",
              cfg.arch, count_parameters(model), n, 0 if held is None else len(held),
@@ -301,6 +324,7 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     model.eval()
     protos, center = compute_prototypes(model, labeled.images, labeled.hard_labels(),
                                         len(classes), mean, std, device)
+    calibration = _calibrate(model, cfg, held, val is not None, mean, std, device)
     metrics: dict[str, Any] = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -314,6 +338,11 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     if held is not None:
         metrics["val_accuracy"] = best["acc"]
         metrics["val_loss"] = best["loss"]
+        # Rows: true class, columns: predicted (the card's class order); the registry and the
+        # run report read it (``omnifer models register`` carries it into ``models``).
+        metrics["val_confusion"] = _confusion(model, x_val, y_val, mean, std, len(classes))
+    if pretrained is not None:
+        metrics["pretrained"] = pretrained.as_dict()
     datasets = [DatasetRef(name=train.source or "train", n=len(train), digest=train.digest())]
     if val is not None:
         datasets.append(DatasetRef(name=val.source or "val", n=len(val), digest=val.digest(),
@@ -324,12 +353,78 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
         arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, classes=list(classes), input_size=size,
         mean=mean, std=std, embedding_dim=int(protos.shape[1]), train_datasets=datasets,
         metrics=metrics, seed=cfg.seed, config=cfg.model_dump(mode="json"),
+        temperature=calibration["temperature"], calibration=calibration,
     )
     card = save_checkpoint(out, model, card, protos, center)
     _write_state(state_dir, fingerprint, len(history) - 1 if history else -1, best, bad_epochs,
                  history, True)
     log.info("saved %s: %s", out, {k: v for k, v in metrics.items() if k != "history"})
     return card
+
+
+def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[
+    torch.nn.Module, torch.optim.Optimizer, Any
+]:
+    """(model, optimizer, pretrained load report or None), seeded by ``cfg.seed``.
+
+    Parameter groups: weights with decay, biases/norms without; with ``backbone_lr_scale``
+    < 1 each again split into backbone and head (``base_lr`` per group, which the schedule
+    scales). Frozen parameters are left out.
+    """
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, num_classes, **cfg.arch_kwargs)
+    report = None
+    if cfg.pretrained:
+        from omnifer.models.weights import load_pretrained
+
+        report = load_pretrained(model, cfg.pretrained, cfg.arch, cfg.pretrained_color)
+    if cfg.freeze_stages:
+        if not hasattr(model, "freeze_stages"):
+            raise ConfigError(f"{cfg.arch} has no stages to freeze (freeze_stages works with "
+                              "resnet* and iresnet*)")
+        try:
+            model.freeze_stages(cfg.freeze_stages)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    model = model.to(device)
+    head = getattr(model, "head_name", "head") + "."
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.backbone_lr_scale == 1:
+        parts = [(named, 1.0)]
+    else:
+        parts = [([(n, p) for n, p in named if not n.startswith(head)], cfg.backbone_lr_scale),
+                 ([(n, p) for n, p in named if n.startswith(head)], 1.0)]
+    params = []
+    for mine, scale in parts:
+        for decay in (True, False):
+            group = [p for _, p in mine if (p.ndim > 1) == decay]
+            if group:
+                params.append({"params": group, "base_lr": cfg.lr * scale,
+                               "weight_decay": cfg.weight_decay if decay else 0.0})
+    if cfg.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return model, opt, report
+
+
+def _calibrate(model: torch.nn.Module, cfg: TrainConfig, held: LabeledData | None,
+               given_val: bool, mean: list[float], std: list[float],
+               device: torch.device) -> dict[str, Any]:
+    """The card's ``calibration``: a temperature fitted on the validation split (or why not)."""
+    from omnifer.models import calibration
+
+    if not cfg.calibrate:
+        return calibration.skipped("calibrate: false")
+    if held is None:
+        return calibration.skipped("no validation split")
+    if len(held) < calibration.MIN_IMAGES:
+        return calibration.skipped(f"{len(held)} validation images < {calibration.MIN_IMAGES}")
+    z = calibration.torch_view_logits(model, held.images, mean, std, device)
+    split = "val" if given_val else f"val ({cfg.val_fraction:g} of train)"
+    result = calibration.calibrate(z, held.hard_labels(), split)
+    log.info("calibration: %s", result.line())
+    return result.model_dump()
 
 
 def _write_state(state_dir: Path, fingerprint: str, epoch: int, best: dict[str, Any],
@@ -362,7 +457,8 @@ def _run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.
         if len(idx) < 2:  # BatchNorm needs two samples
             continue
         for group in opt.param_groups:
-            group["lr"] = _lr_at(epoch * steps + step, total_steps, warmup, cfg.lr)
+            group["lr"] = _lr_at(epoch * steps + step, total_steps, warmup,
+                                 group.get("base_lr", cfg.lr))
         x = augment(x_all[idx].float().div(255.0), cfg, gen)
         logits = model(normalize(x, mean, std))
         loss = F.cross_entropy(logits, y_all[idx], label_smoothing=cfg.label_smoothing)
