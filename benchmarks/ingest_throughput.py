@@ -120,7 +120,7 @@ def flow_run(world: Path, workers: int, shard_size: int, model: Path,
     wall, cpu = time.perf_counter() - start, _cpu_s() - cpu0
     from omnifer import storage
 
-    markers = storage.list_files(catalog.aux_uri("_shards", f"ingest_date={DATE}"), ".json")
+    markers = storage.list_files(catalog.shard_markers_uri(DATE), ".json")
     in_shards = sum(ShardResult.model_validate_json(storage.read_bytes(m)).seconds
                     for m in markers)
     return {"images": summary["images"], "faces": summary["faces"], "seconds": wall,
