@@ -143,7 +143,7 @@ def flow_run(world: Path, workers: int, shard_size: int, model: Path, root: Path
         os.environ.pop("OMNIFER_INGEST__DETECT_SCALE", None)
     from omnifer import storage
 
-    markers = storage.list_files(catalog.aux_uri("_shards", f"ingest_date={DATE}"), ".json")
+    markers = storage.list_files(catalog.shard_markers_uri(DATE), ".json")
     in_shards = sum(ShardResult.model_validate_json(storage.read_bytes(m)).seconds
                     for m in markers)
     faces = catalog.read("faces", ["source_uri", "bbox", "landmarks5", "detector_version"])
