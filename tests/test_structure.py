@@ -172,7 +172,7 @@ LAYERS: dict[str, int] = {
     "models": 3, "faces": 3,
     "curation": 4, "demo": 4,
     "distill": 5,
-    "training": 6, "pipeline": 6, "report": 6,
+    "training": 6, "pipeline": 6, "report": 6, "erasure": 6,
     "testing": 7, "truth": 7, "cli": 7, "__main__": 7,
 }
 

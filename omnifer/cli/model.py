@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from omnifer.cli._app import app, console
 from omnifer.errors import DatasetError
 from omnifer.runtime.tables import print_table
+
+if TYPE_CHECKING:
+    from omnifer.training.config import TrainConfig
 
 FORMAT_HELP = "rafdb | ferplus | affectnet | folder"
 
@@ -43,25 +47,61 @@ def train_cmd(
     balanced: bool | None = typer.Option(None, "--balanced/--no-balanced",
                                          help="class-balanced sampling"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto"),
+    hflip: bool | None = typer.Option(
+        None, "--hflip/--no-hflip",
+        help="random horizontal flips while training. A property of the data, recorded in "
+             "the model card: right for faces and other mirror-symmetric images, wrong for "
+             "text, digits, arrows or anything chiral. Default: on for the face formats "
+             "(rafdb, ferplus, affectnet), OFF for --format folder (pass --hflip for faces)"),
+    flip_tta: bool | None = typer.Option(
+        None, "--flip-tta/--no-flip-tta",
+        help="score, evaluate and select with the mirrored image too (flip test-time "
+             "augmentation and the flip-agreement gate); recorded in the model card. "
+             "Default: as --hflip"),
 ) -> None:
     """Train a model on a labeled dataset; writes weights, prototypes and card.json."""
+    # Horizontal flips (augmentation and test-time) are a property of the data set: faces look
+    # the same mirrored, handwriting or arrows do not. The face formats default to flips on; an
+    # image folder to flips off unless --hflip (or ``hflip: true`` in --config) says so. The
+    # card records the choice; scoring, selection, retraining and distillation follow it.
     from omnifer.labeled import read_dataset, read_image_folder
     from omnifer.training.config import load_train_config
     from omnifer.training.train import train_model
 
     cfg = load_train_config(config, epochs=epochs, seed=seed, arch=arch, input_size=input_size,
                             batch_size=batch_size, lr=lr, balanced_sampling=balanced,
-                            device=device)
+                            device=device, hflip=hflip, flip_tta=flip_tta)
+    cfg = cfg.model_copy(update=flip_defaults(cfg, fmt, hflip, flip_tta))
     train = read_dataset(data, fmt, split, size=cfg.input_size)
     val = (read_dataset(val_data, fmt, "test" if fmt != "ferplus" else "val",
                         size=cfg.input_size, classes=train.classes) if val_data else None)
     extras = [read_image_folder(p, size=cfg.input_size) for p in extra]
     console.print(f"training {cfg.arch} on {len(train)} images {train.counts()}"
-                  + (f" + {sum(len(e) for e in extras)} extra" if extras else ""))
+                  + (f" + {sum(len(e) for e in extras)} extra" if extras else "")
+                  + f"; horizontal flips: augmentation {'on' if cfg.hflip else 'off'}, "
+                    f"test-time {'on' if cfg.flip_tta else 'off'}")
     card = train_model(train, cfg, out, val=val, extra=extras)
     m = card.metrics
     console.print(f"saved {out}: best epoch {m.get('best_epoch')}, val accuracy "
                   f"{m.get('val_accuracy', float('nan')):.3f}, {m.get('train_seconds')}s")
+
+
+FACE_FORMATS = ("rafdb", "ferplus", "affectnet")
+
+
+def flip_defaults(cfg: TrainConfig, fmt: str, hflip: bool | None,
+                  flip_tta: bool | None) -> dict[str, bool]:
+    """The flips a ``train`` run gets where neither the command line nor the config file set
+    them: faces (the face formats) flip, an image folder does not (it may be chiral), and
+    test-time flipping follows augmentation."""
+    given = cfg.model_fields_set
+    out: dict[str, bool] = {}
+    if hflip is None and "hflip" not in given:
+        out["hflip"] = fmt in FACE_FORMATS
+    aug = out.get("hflip", cfg.hflip)
+    if flip_tta is None and "flip_tta" not in given:
+        out["flip_tta"] = aug
+    return out
 
 
 def _image_files(root: Path) -> list[Path]:

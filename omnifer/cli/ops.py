@@ -20,7 +20,8 @@ from omnifer.runtime.tables import print_table
 
 # Counts shown per stage in ``omnifer runs`` (the record holds more; ``runs RUN_ID`` shows all).
 _COUNT_KEYS = ("shards", "done", "skipped", "failed", "selected", "candidates", "retried",
-               "recovered", "still_failed", "new_curated")
+               "recovered", "still_failed", "new_curated", "scored", "reselected", "removed",
+               "contaminated")
 
 
 def _catalog() -> Any:

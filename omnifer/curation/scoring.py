@@ -3,11 +3,15 @@
 Per face (:class:`ScoreBatch`, arrays of length N):
 
 * ``probs`` (N, C) float32: mean of softmax(image) and softmax(horizontally flipped image)
+  (flip test-time augmentation), or softmax(image) alone when the model card's ``flip_tta``
+  is off (a chiral data set: a mirrored image is another class, or none)
 * ``label`` (N,) int64 argmax of ``probs``; ``confidence`` its probability; ``margin`` top-1
   minus top-2 probability; ``entropy`` of ``probs`` in nats
-* ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image)
-* ``embedding`` (N, D) float32: mean of the two views' pooled features, minus the labeled
-  set's mean feature (``center``), L2-normalised
+* ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image); without flip TTA
+  nothing was compared, and :meth:`ScoreBatch.to_arrow` (and the ingest) write nulls, which
+  selection's flip gate lets through
+* ``embedding`` (N, D) float32: mean of the (one or two) views' pooled features, minus the
+  labeled set's mean feature (``center``), L2-normalised
 * ``similarity`` (N,) float32: cosine of ``embedding`` to the prototype of the predicted class
   (the feature-wise similarity of the paper; 0 when that class had no labeled images)
 
@@ -40,6 +44,7 @@ class ScoreBatch:
     embedding: np.ndarray
     similarity: np.ndarray
     classes: tuple[str, ...]
+    flip_tta: bool = True  # False: flip_agreement was not measured (all True, meaningless)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -59,7 +64,7 @@ class ScoreBatch:
         fields = ("probs", "label", "confidence", "margin", "entropy", "flip_agreement",
                   "embedding", "similarity")
         return cls(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in fields},
-                   classes=batches[0].classes)
+                   classes=batches[0].classes, flip_tta=batches[0].flip_tta)
 
     def to_arrow(self, face_ids: Sequence[str] | None = None) -> pa.Table:
         """A table with the ``scores`` dataset's score columns (plus ``face_id`` if given)."""
@@ -77,7 +82,8 @@ class ScoreBatch:
             "confidence": pa.array(self.confidence.astype(np.float32)),
             "margin": pa.array(self.margin.astype(np.float32)),
             "entropy": pa.array(self.entropy.astype(np.float32)),
-            "flip_agreement": pa.array(self.flip_agreement.astype(bool)),
+            "flip_agreement": (pa.array(self.flip_agreement.astype(bool)) if self.flip_tta
+                               else pa.nulls(n, pa.bool_())),
             "similarity": pa.array(self.similarity.astype(np.float32)),
             "embedding": _list_array(self.embedding, d),
         })
@@ -92,19 +98,26 @@ def _list_array(values: np.ndarray, width: int) -> pa.Array:
 
 @torch.inference_mode()
 def forward_tta(
-    model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None
+    model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None,
+    flip: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """One pass over image and flipped image: (probs, pred, pred_flip, embedding, features).
 
     ``probs`` is the mean of the two softmaxes; ``features`` the mean of the two views'
-    pooled features and ``embedding`` those minus ``center``, L2-normalised. Used by the
-    scorer and for the prototypes at training time, so both sides of the similarity are
-    computed the same way.
+    pooled features and ``embedding`` those minus ``center``, L2-normalised. With
+    ``flip=False`` (the card's ``flip_tta`` off) only the image itself is seen and
+    ``pred_flip`` is ``pred``. Used by the scorer and for the prototypes at training time, so
+    both sides of the similarity are computed the same way.
     """
     n = x.shape[0]
-    feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]))
+    feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]) if flip else x)
     logits = model.classify(feats)
     p = logits.float().softmax(dim=1)
+    if not flip:
+        feat = feats.float()
+        emb = F.normalize(feat - center if center is not None else feat, dim=1)
+        pred = p.argmax(1)
+        return p, pred, pred, emb, feat
     probs = (p[:n] + p[n:]) / 2
     feat = (feats[:n] + feats[n:]).float() / 2
     emb = F.normalize(feat - center if center is not None else feat, dim=1)
@@ -112,12 +125,18 @@ def forward_tta(
 
 
 class Scorer:
-    """Keeps a loaded model on a device and scores crops in batches of ``batch_size``."""
+    """Keeps a loaded model on a device and scores crops in batches of ``batch_size``.
+
+    Flip test-time augmentation follows the model card's ``flip_tta`` unless ``flip_tta``
+    says otherwise.
+    """
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None,
+                 flip_tta: bool | None = None) -> None:
         self.device = resolve_device(device)
         self.loaded = loaded
+        self.flip_tta = loaded.card.flip_tta if flip_tta is None else bool(flip_tta)
         self.model = loaded.model.to(self.device).eval()
         self.prototypes = loaded.prototypes.to(self.device)
         self.center = loaded.center.to(self.device)
@@ -129,7 +148,8 @@ class Scorer:
 
     def _score_one(self, crops: np.ndarray) -> ScoreBatch:
         x = self.loaded.preprocess(crops, self.device)
-        probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center)
+        probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center,
+                                                     flip=self.flip_tta)
         top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
         label = probs.argmax(dim=1)
         margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else top2[:, 0]
@@ -141,7 +161,7 @@ class Scorer:
 
         return ScoreBatch(np32(probs), label.cpu().numpy().astype(np.int64), np32(top2[:, 0]),
                           np32(margin), np32(entropy), (pred == pred_flip).cpu().numpy(),
-                          np32(emb), np32(sim), self.classes)
+                          np32(emb), np32(sim), self.classes, self.flip_tta)
 
     def score(self, crops: np.ndarray) -> ScoreBatch:
         """Score (N, H, W, 3) uint8 BGR crops (any size; resized to the model's input)."""

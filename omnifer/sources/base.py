@@ -17,13 +17,18 @@ source does not allow, or a path outside the source's root).
 Kinds: :mod:`~omnifer.sources.local` (folders), :mod:`~omnifer.sources.s3` (S3 prefixes),
 :mod:`~omnifer.sources.urls` (URL manifests); each implements :meth:`Source.list_objects` and
 :meth:`Source.read_object`.
+
+What the images are (every kind): ``faces="detect"`` (default) runs the face detector on each
+image; ``faces="aligned"`` says the pool is already aligned face crops (MS-Celeb-1M, RAF-DB's
+aligned set, CASIA-WebFace, AffectNet crops): no detection, each whole image is one face
+(:mod:`omnifer.faces.aligned`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -65,6 +70,10 @@ class Source(BaseModel):
     """Base of every source spec: frozen, no unknown fields, and the two operations."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    faces: Literal["detect", "aligned"] = "detect"
+    """``detect``: find faces with the ingest's detector; ``aligned``: each image is already
+    one aligned face crop (no detection; see :mod:`omnifer.faces.aligned`)."""
 
     def list_objects(self) -> Iterator[SourceObject]:
         """Stream this source's objects in a deterministic order; SourceError if unlistable."""

@@ -6,7 +6,8 @@ Settings: :class:`omnifer.training.config.TrainConfig`; augmentation:
 :func:`train_model` is the one entry point (CLI, Prefect task and notebooks call it):
 
 * augmentation in torch, on the training device: random resized crop + small rotation +
-  horizontal flip as one ``affine_grid``/``grid_sample``, then brightness/contrast/saturation
+  horizontal flip (when ``hflip``: a property of the data set, recorded in the card with
+  ``flip_tta``) as one ``affine_grid``/``grid_sample``, then brightness/contrast/saturation
   jitter; every random number comes from a generator seeded by ``(seed, epoch)``
 * optional class-balanced sampling (with replacement, weights 1/class count)
 * cross-entropy on probability targets (hard labels become one-hot, so soft labels such as
@@ -133,18 +134,21 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: li
 
 def compute_prototypes(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                        num_classes: int, mean: list[float], std: list[float],
-                       device: torch.device, batch: int = 256) -> tuple[torch.Tensor, ...]:
+                       device: torch.device, batch: int = 256,
+                       flip: bool = True) -> tuple[torch.Tensor, ...]:
     """(prototypes (C, D), center (D,)) from the labeled images.
 
-    ``center`` is the mean flip-averaged feature; embeddings are L2-normalised after
-    subtracting it (post-ReLU features are all positive, so uncentred cosines crowd near 1).
-    A prototype is the L2-normalised mean of its class's embeddings (zero if no images).
+    ``center`` is the mean (flip-averaged when ``flip``, the card's ``flip_tta``) feature;
+    embeddings are L2-normalised after subtracting it (post-ReLU features are all positive, so
+    uncentred cosines crowd near 1). A prototype is the L2-normalised mean of its class's
+    embeddings (zero if no images). Computed as the scorer computes embeddings, so both sides
+    of the similarity see the same views.
     """
     model.eval()
     feats = []
     for i in range(0, len(images), batch):
         x = normalize(to_tensor(images[i : i + batch], device), mean, std)
-        feats.append(forward_tta(model, x)[4].cpu())
+        feats.append(forward_tta(model, x, flip=flip)[4].cpu())
     feat = torch.cat(feats)
     center = feat.mean(0)
     emb = F.normalize(feat - center, dim=1)
@@ -300,7 +304,7 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     model.load_state_dict(load_file(str(state_dir / "best.safetensors")))
     model.eval()
     protos, center = compute_prototypes(model, labeled.images, labeled.hard_labels(),
-                                        len(classes), mean, std, device)
+                                        len(classes), mean, std, device, flip=cfg.flip_tta)
     metrics: dict[str, Any] = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -322,7 +326,8 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
                             role="extra") for i, e in enumerate(extra)]
     card = ModelCard(
         arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, classes=list(classes), input_size=size,
-        mean=mean, std=std, embedding_dim=int(protos.shape[1]), train_datasets=datasets,
+        mean=mean, std=std, embedding_dim=int(protos.shape[1]), hflip=cfg.hflip,
+        flip_tta=cfg.flip_tta, train_datasets=datasets,
         metrics=metrics, seed=cfg.seed, config=cfg.model_dump(mode="json"),
     )
     card = save_checkpoint(out, model, card, protos, center)
