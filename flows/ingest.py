@@ -44,6 +44,7 @@ from omnifer.pipeline import ingest
 from omnifer.runtime import heap
 from omnifer.runtime.progress import Meter
 from omnifer.sources import Source, parse_source
+from tasks.backfill import dedup_task
 from tasks.ingest import compact_task, plan_task, select_task, shard_task, summarize_task
 from tasks.report import report_task
 
@@ -191,12 +192,21 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
             run.stage("compact", "failed", {"error": str(exc)})
 
     policy = policy_from_settings(settings)
-    curated = select_task(catalog, ingest_date, policy, model_version, run_id)
+    # Near-duplicates and evaluation-set faces leave the night before selection sees it.
+    found, applied = dedup_task(catalog, ingest_date, model_version, settings, run_id)
+    if found is not None:
+        run.stage("dedup", "completed", {
+            "removed": found.duplicates, "contaminated": found.contaminated,
+            "clusters": found.clusters, "candidates": found.candidates,
+            "dedup_version": found.dedup_version, "seconds": found.seconds})
+    curated = select_task(catalog, ingest_date, policy, model_version, run_id, applied)
     run.stage("select", "completed", curated.model_dump())
     summary = summarize_task(catalog, ingest_date)
     summary.update(run_id=run_id, plan_id=plan.plan_id, model_version=model_version,
                    curated_version=curated.curated_version, failed_shards=failed,
                    blocked_shards=counts["blocked_ids"])
+    if found is not None:
+        summary.update(duplicates_removed=found.duplicates, contaminated=found.contaminated)
     retrain_error = None
     if not failed:
         trigger = trigger_retraining(catalog, settings.retrain_settings(retrain), retrain)
@@ -260,7 +270,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Nightly ingest {summary['ingest_date']}", "",
              f"- images: **{summary['images']}**", f"- faces: **{summary['faces']}**",
              f"- selected: **{summary['selected']}** (curated {summary.get('curated_version')})",
-             f"- model: {summary.get('model_version')}", "", "| status | images |", "|---|---|"]
+             f"- model: {summary.get('model_version')}",
+             f"- near-duplicates removed: {summary.get('duplicates_removed', '-')}, "
+             f"contaminated (evaluation faces) caught: {summary.get('contaminated', '-')}",
+             "", "| status | images |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["images_by_status"].items()]
     lines += ["", "| class | selected |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["selected_per_class"].items()]

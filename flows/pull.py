@@ -28,8 +28,8 @@ def enter_checkout(variable: str = "OMNIFER_REPO") -> dict[str, str]:
     value = environment_variable(variable) or ""
     if not value:
         raise ConfigError(f"{variable} is not set on this worker: export {variable}=/path/to/"
-                          "the/omnifer/checkout before 'prefect worker start' (README, "
-                          "Operations, step 4)")
+                          "the/omnifer/checkout before 'prefect worker start' "
+                          "(docs/operations.md, step 4)")
     path = Path(value).expanduser().resolve()
     if not (path / "flows").is_dir():
         raise ConfigError(f"{variable}={value} is not an omnifer checkout (no flows/ folder "

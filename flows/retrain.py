@@ -68,4 +68,21 @@ def retrain_flow(
     )
     get_run_logger().info("%s %s: %.4f vs %s %.4f", outcome.model_version, verdict,
                           outcome.accuracy, outcome.parent_version, outcome.parent_accuracy)
+    if outcome.promoted and settings.backfill.on_promotion:
+        result["backfill"] = start_backfill(settings.backfill.deployment,
+                                            outcome.model_version)
     return result
+
+
+def start_backfill(deployment: str | None, model_version: str) -> dict[str, Any]:
+    """Re-score the stored faces with a just-promoted model (``backfill.on_promotion``):
+    through ``deployment`` when set (not awaited), else here as a subflow."""
+    if deployment:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(name=deployment, parameters={"model": model_version}, timeout=0)
+        return {"flow_run": str(run.id)}
+    from flows.backfill import backfill_flow
+
+    summary = backfill_flow(model=model_version)
+    return {"run_id": summary["run_id"], "faces_scored": summary["faces_scored"]}

@@ -31,6 +31,7 @@ from omnifer.curation.selection import policy_from_settings
 from omnifer.errors import OmniferError
 from omnifer.params import check_date
 from omnifer.pipeline import retry
+from tasks.backfill import dedup_task
 from tasks.ingest import compact_task, select_task
 from tasks.retry import find_failed_task, retry_shard_task
 
@@ -109,7 +110,8 @@ def _retry(run: RunRecord, settings: Settings, catalog: DataCatalog, stage: str,
                      if r.new_scores and r.model_version})
     curated = {}
     for night, model_version in nights:
-        res = select_task(catalog, night, policy, model_version, run_id)
+        _, applied = dedup_task(catalog, night, model_version, settings, run_id)
+        res = select_task(catalog, night, policy, model_version, run_id, applied)
         curated[night] = res.model_dump()
     run.stage("select", "completed", {"nights": curated})
     if settings.ingest.compact:  # retry files join their night's compacted file

@@ -28,9 +28,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from omnifer.config_sections import (
+    BackfillSettings,
+    DedupSettings,
+    ErasureSettings,
+    RunsSettings,
+)
 from omnifer.errors import ConfigError, config_error
 
 DATASET_NAMES = ("images", "faces", "scores", "curated", "distilled", "models")
+OPTIONAL_DATASETS: dict[str, dict[str, Any]] = {
+    "erasures": {"uri": "erasures", "key": ["request_id"],
+                 "description": "Erasure requests (omnifer forget)."},
+    "duplicates": {"uri": "duplicates", "partitioning": ["ingest_date"],
+                   "key": ["face_id", "dedup_version"],
+                   "description": "Near-duplicate clusters and evaluation-set matches."},
+}
+"""Datasets a catalog file written before they existed may lack: added with these specs."""
 
 
 class DatasetSpec(BaseModel):
@@ -188,16 +202,6 @@ class RetrainSettings(BaseModel):
     min_gain: float = Field(0.0, ge=0)
 
 
-class RunsSettings(BaseModel):
-    """Run records (``omnifer.runs``): how often a run says it is alive, and when a run that
-    stopped saying so counts as crashed (``omnifer runs`` shows it ``crashed``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    heartbeat_s: float = Field(30.0, gt=0)  # a running flow rewrites its record this often
-    stale_after_s: float = Field(180.0, gt=0)  # no heartbeat for this long: crashed
-
-
 class Settings(BaseSettings):
     """Pipeline settings; see the module docstring for where values come from."""
 
@@ -207,13 +211,17 @@ class Settings(BaseSettings):
 
     catalog_file: Path = Field(Path("data_catalog.yaml"), alias="OMNIFER_CATALOG")
     catalog_root: str | None = None
-    # Each a folder, s3://bucket/prefix, urls:manifest.csv, or a mapping with ``kind`` and
-    # options (e.g. ``exclude: ["*.mov", "drafts/"]``), kept as its JSON text.
+    # Each a folder, s3://bucket/prefix, urls:manifest.csv, or a mapping with ``kind``/``path``
+    # and options (e.g. ``exclude: ["*.mov", "drafts/"]``, ``faces: aligned``), kept as its
+    # JSON text (omnifer.sources.parse.parse_source reads both forms).
     sources: list[str] = Field(default_factory=list)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     selection: dict[str, Any] = Field(default_factory=dict)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     runs: RunsSettings = Field(default_factory=RunsSettings)
+    erasure: ErasureSettings = Field(default_factory=ErasureSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     model_config["populate_by_name"] = True
 
@@ -274,7 +282,9 @@ def load_catalog(path: Path | str, root_override: str | None = None) -> Catalog:
     missing = [n for n in DATASET_NAMES if n not in catalog.datasets]
     if missing:
         raise ConfigError(f"catalog {path} lacks datasets: {', '.join(missing)}")
-    return catalog.model_copy(update={"root": root})
+    datasets = {**{n: DatasetSpec(name=n, **spec) for n, spec in OPTIONAL_DATASETS.items()
+                   if n not in catalog.datasets}, **catalog.datasets}
+    return catalog.model_copy(update={"root": root, "datasets": datasets})
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from omnifer.catalog import DataCatalog, compaction
-from omnifer.curation.curated import CuratedResult, select_curated
+from omnifer.curation.curated import CuratedResult, DedupApplied, select_curated
 from omnifer.curation.selection import SelectionPolicy
 from omnifer.pipeline import ingest
 from tasks.logging import attach_prefect_logger
@@ -59,10 +59,10 @@ def shard_task(
 @task(name="select", retries=1, cache_policy=NO_CACHE)
 def select_task(
     catalog: DataCatalog, ingest_date: str, policy: SelectionPolicy, model_version: str,
-    run_id: str,
+    run_id: str, dedup: DedupApplied | None = None,
 ) -> CuratedResult:
     attach_prefect_logger()
-    return select_curated(catalog, ingest_date, policy, model_version, run_id)
+    return select_curated(catalog, ingest_date, policy, model_version, run_id, dedup)
 
 
 @task(name="summarize", cache_policy=NO_CACHE)

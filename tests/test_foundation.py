@@ -31,7 +31,7 @@ def _images(uris: list[str], status: str = "ok") -> pa.Table:
 def test_repository_catalog_names_every_dataset() -> None:
     catalog = load_catalog(REPO / "data_catalog.yaml")
     assert set(catalog.datasets) == {"images", "faces", "scores", "curated", "distilled",
-                                     "models"}
+                                     "models", "erasures", "duplicates"}
     assert catalog.root == str(REPO / "data" / "catalog")  # relative root hangs off the file
     assert catalog.uri("faces").endswith("/data/catalog/faces")
 

@@ -1,6 +1,6 @@
-"""README's Operations steps, followed literally by a new operator on an empty catalog.
+"""The Operations steps (docs/operations.md, linked from README), followed literally by a new operator on an empty catalog.
 
-The commands are read from README's ``bash`` blocks under "## Operations" and run as they are
+The commands are read from the ``bash`` blocks of docs/operations.md's numbered steps and run as they are
 written there, in a checkout of this repository (a temp folder whose ``.venv``, ``omnifer``,
 ``flows``, ``tasks`` and ``deploy`` link here, with its own ``data_catalog.yaml``, so the
 catalog starts empty, and ``demo/world`` a small seeded world). Only the server's port is
@@ -39,9 +39,8 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 def readme_commands() -> list[str]:
     """Every command line of the ``bash`` blocks in README's Operations section
     (continuation lines joined, comments dropped)."""
-    text = (REPO / "README.md").read_text()
-    ops = text[text.index("\n## Operations\n"):]
-    ops = ops[: ops.index("\n## ", 1)]
+    text = (REPO / "docs" / "operations.md").read_text()
+    ops = text[: text.index("\n## Run reports\n")]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", ops, re.S):
         for line in re.sub(r"\\\n\s*", "", block).splitlines():

@@ -84,9 +84,13 @@ class DataCatalog:
     def run_record_uri(self, run_id: str) -> str:
         return join_uri(self.runs_uri(), f"{check_segment(run_id, 'run id')}.json")
 
+    def reports_uri(self) -> str:
+        """Folder of the run reports (``ingest_date=D/<run_id>.html``)."""
+        return self.aux_uri("_reports")
+
     def report_uri(self, ingest_date: str, run_id: str) -> str:
         """Where a run's HTML report lives beside the catalog."""
-        return self.aux_uri("_reports", f"ingest_date={ingest_date}", f"{run_id}.html")
+        return join_uri(self.reports_uri(), f"ingest_date={ingest_date}", f"{run_id}.html")
 
     def distilled_grids_uri(self, distilled_version: str) -> str:
         """Folder of a distilled version's PNG grids (``<class>.png``)."""

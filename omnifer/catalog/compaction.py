@@ -20,6 +20,12 @@ The protocol, and why readers never see a row twice or miss one:
 4. The replaced files are deleted. A crash before that leaves them hidden by the state; the
    next compaction deletes them.
 
+Erased content (:mod:`omnifer.catalog.erasures`) is dropped while merging: what every
+request names, read when the compaction starts; a request written while it merged is applied
+right after its switch, with another merge of the same night. Erasure uses the same switch to
+take rows out of a night at once (``force=True`` with the request's content; see
+:mod:`omnifer.catalog.purge`).
+
 Readers that apply the state: everything in omnifer (``storage.dataset_files``: the catalog's
 DuckDB views, ``omnifer sql``, ``DataCatalog.read``). A plain DuckDB glob over
 ``ingest_date=*/*.parquet`` sees a night twice between steps 2 and 4 (milliseconds; after a
@@ -39,6 +45,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from omnifer import storage
+from omnifer.catalog import erasures
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import committed_shards
 from omnifer.catalog.provenance import provenance
@@ -82,10 +89,13 @@ def compact_night(catalog: DataCatalog, date: str, run_id: str,
 
 
 def compact_partition(catalog: DataCatalog, name: str, date: str, run_id: str,
-                      attempts: int = 5) -> CompactionResult:
+                      attempts: int = 5, erased: erasures.ErasedContent | None = None,
+                      force: bool = False) -> CompactionResult:
     """Merge the committed files of one night of ``name`` into one; see the module docstring.
 
-    Idempotent: a night that is one file already is left alone (``skipped`` says why).
+    Idempotent: a night that is one file already is left alone (``skipped`` says why), unless
+    ``force``: then even one file is merged again (how erasure rewrites a night). Rows holding
+    ``erased`` content (default: every erasure request's) are left out.
     """
     started = time.monotonic()
     result = CompactionResult(dataset=name, ingest_date=date)
@@ -94,22 +104,24 @@ def compact_partition(catalog: DataCatalog, name: str, date: str, run_id: str,
     folder_uri = catalog.file_uri(name, "x", ingest_date=date).rsplit("/", 1)[0]
     fs, folder_path = storage.resolve(folder_uri)
     done = committed_shards(catalog, date)
+    content = erasures.erased_content(catalog) if erased is None else erased
     for _ in range(attempts):
         seq, partitions = storage.compaction_state(dataset_uri)
         current = partitions.get(folder, {})
         present = {uri.rsplit("/", 1)[-1] for uri in storage.list_files(folder_uri, ".parquet")}
         visible = sorted(n for n in present if storage.is_visible(n, current))
         inputs = [n for n in visible if n == current.get("file") or shard_of(n) in done]
-        if len(inputs) < 2:
+        if len(inputs) < 2 and not (force and inputs):
             result.skipped = "already one file" if inputs else "no committed files"
             result.removed = _sweep(fs, folder_path, present, current)
             break
         paths = [f"{folder_path}/{n}" for n in inputs]
         stats = _stats(fs, paths)
-        digest = hashlib.sha256(repr(sorted(zip(inputs, stats, strict=True))).encode())
+        key = repr(sorted(zip(inputs, stats, strict=True)))
+        digest = hashlib.sha256((key + content.digest() if content else key).encode())
         out = f"{storage.COMPACTED_PREFIX}{digest.hexdigest()[:20]}.parquet"
         rows = storage.write_batches_atomic(f"{folder_uri}/{out}", SCHEMAS[name],
-                                            _batches(fs, paths, SCHEMAS[name]))
+                                            _batches(fs, paths, SCHEMAS[name], content))
         if _stats(fs, paths) != stats:  # an input was rewritten meanwhile: start over
             log.info("compaction of %s %s: an input changed while merging; again", name, date)
             storage.delete(f"{folder_uri}/{out}")
@@ -127,6 +139,12 @@ def compact_partition(catalog: DataCatalog, name: str, date: str, run_id: str,
         result.inputs, result.rows, result.file = len(inputs), rows, out
         result.removed = _sweep(fs, folder_path, present, new[folder])
         storage.prune_compaction_states(dataset_uri)
+        if erased is None and erasures.new_request_ids(catalog, content.request_ids):
+            # A request came while we merged: our file may hold its rows. Apply it now.
+            fresh = erasures.erased_content(catalog)
+            if erasures.count_in_file(f"{folder_uri}/{out}", SCHEMAS[name], fresh):
+                compact_partition(catalog, name, date, run_id, attempts, erased=fresh,
+                                  force=True)
         break
     else:
         raise StorageError(f"could not compact {name} {date} in {attempts} attempts: its files "
@@ -144,15 +162,20 @@ def _stats(fs: pafs.FileSystem, paths: list[str]) -> list[tuple[int | None, int 
             for i in infos]
 
 
-def _batches(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema
-             ) -> Iterator[pa.RecordBatch]:
-    """The inputs' rows in file order, a row group at a time, in the dataset's schema."""
+def _batches(fs: pafs.FileSystem, paths: list[str], schema: pa.Schema,
+             erased: erasures.ErasedContent) -> Iterator[pa.RecordBatch]:
+    """The inputs' rows in file order, a row group at a time, in the dataset's schema, minus
+    the rows holding ``erased`` content."""
     for path in paths:
         try:
             parquet = pq.ParquetFile(fs.open_input_file(path))
             for batch in parquet.iter_batches(batch_size=4096):
-                table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
-                yield from table.to_batches()
+                table = pa.Table.from_batches([batch])
+                for f in schema:  # a column added since the file was written reads as null
+                    if f.name not in table.column_names:
+                        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+                table = table.select(schema.names).cast(schema)
+                yield from erased.keep(table).to_batches()
         except (OSError, pa.ArrowInvalid) as exc:
             raise StorageError(f"cannot read {path} for compaction: {exc}") from None
 

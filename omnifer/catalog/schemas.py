@@ -47,6 +47,9 @@ FACES = pa.schema(
         ("det_score", pa.float32()),
         ("face_size", pa.float32()),
         ("crop", pa.binary()),  # aligned 112x112 JPEG
+        # 256-bit wavelet hash of the aligned crop (omnifer.curation.hashing); null on faces
+        # ingested before it existed (deduplication then hashes their crop)
+        ("face_hash", pa.binary(32)),
         ("detector", pa.string()),
         ("detector_version", pa.string()),
         *PROVENANCE,
@@ -84,6 +87,7 @@ CURATED = pa.schema(
         ("copies", pa.int16()),
         ("policy", pa.string()),  # the selection policy as JSON
         ("model_version", pa.string()),
+        ("dedup", pa.string()),  # JSON: dedup version and thresholds applied (null: none)
         *PROVENANCE,
     ]
 )
@@ -91,7 +95,7 @@ CURATED = pa.schema(
 MODELS = pa.schema(
     [
         ("model_version", pa.string()),
-        ("event", pa.string()),  # registered | promoted | rejected
+        ("event", pa.string()),  # registered | promoted | rejected | trained_on_erased
         ("uri", pa.string()),
         ("parent_version", pa.string()),
         ("train_datasets", pa.string()),  # JSON: dataset -> version
@@ -120,6 +124,46 @@ DISTILLED = pa.schema(
     ]
 )
 
+ERASURES = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("rules", pa.string()),  # JSON: [{"rule": source_prefix | sha256 | face_id, "value"}]
+        ("reason", pa.string()),
+        ("state", pa.string()),  # requested -> applied (rows gone) -> done
+        ("sha256s", pa.list_(pa.string())),  # content erased whole (images and their faces)
+        ("face_ids", pa.list_(pa.string())),  # faces erased (those of the content, and asked)
+        ("matched", pa.string()),  # JSON: dataset -> night -> rows when the request was made
+        ("curated_versions", pa.list_(pa.string())),  # curated versions that lost rows
+        ("stale_distilled", pa.list_(pa.string())),  # distilled versions made from them
+        ("flagged_models", pa.list_(pa.string())),  # model versions trained on them
+        ("reports", pa.list_(pa.string())),  # run reports rebuilt (or deleted) without them
+        ("retrained_model", pa.string()),  # the replacement trained when erasure.retrain
+        ("requested_at", TS),
+        ("done_at", TS),
+        ("run_id", pa.string()),
+        ("code_version", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+DUPLICATES = pa.schema(
+    [
+        ("face_id", pa.string()),
+        ("cluster_id", pa.string()),  # face_id of the cluster's first kept face; or the item
+        ("kind", pa.string()),  # duplicate | contaminated
+        ("rule", pa.string()),  # exact | near (duplicate); eval set name (contaminated)
+        ("matched_id", pa.string()),  # nearest accepted match: a face_id or <set>:<item>
+        ("distance", pa.int16()),  # Hamming distance of the face hashes (of 256 bits)
+        ("cosine", pa.float32()),  # cosine of the model embeddings
+        ("pixel_difference", pa.float32()),  # registered block difference (hashing.py)
+        ("keep", pa.bool_()),  # the one face of its cluster that selection may keep
+        ("face_date", pa.string()),  # the face's own night (rows live in the finding night)
+        ("model_version", pa.string()),  # whose embeddings were compared
+        ("dedup_version", pa.string()),
+        *PROVENANCE,
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES,
     "faces": FACES,
@@ -127,4 +171,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "curated": CURATED,
     "distilled": DISTILLED,
     "models": MODELS,
+    "erasures": ERASURES,
+    "duplicates": DUPLICATES,
 }

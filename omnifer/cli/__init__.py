@@ -13,8 +13,11 @@ import sys
 from rich.markup import escape
 
 # Importing a module registers its commands on ``app``.
+from omnifer.cli import backfill as _backfill  # noqa: E402,F401
 from omnifer.cli import data as _data  # noqa: E402,F401
 from omnifer.cli import distill as _distill  # noqa: E402,F401
+from omnifer.cli import erasure as _erasure  # noqa: E402,F401
+from omnifer.cli import export as _export  # noqa: E402,F401
 from omnifer.cli import model as _model  # noqa: E402,F401
 from omnifer.cli import model_import as _model_import  # noqa: E402,F401
 from omnifer.cli import ops as _ops  # noqa: E402,F401

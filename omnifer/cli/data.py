@@ -264,7 +264,10 @@ def models_rollback(
 @app.command("ingest")
 def ingest_cmd(
     source: list[str] = typer.Option(None, "--source", "-s",
-                                     help="Folder, s3://bucket/prefix or urls:manifest.csv"),
+                                     help="Folder, s3://bucket/prefix, urls:manifest.csv, "
+                                          "or JSON with options, e.g. '{\"path\": \"s3://b/"
+                                          "crops/\", \"faces\": \"aligned\"}' for "
+                                          "pre-aligned crops (no detection)"),
     date: str = typer.Option(None, help="Ingest date (YYYY-MM-DD); default today (UTC)"),
     shard_size: int = typer.Option(None, help="Images per shard"),
     workers: int = typer.Option(None, help="Shards processed in parallel"),

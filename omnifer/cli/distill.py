@@ -64,12 +64,17 @@ def run(
     image_column: str = typer.Option("crop", "--image-column"),
     curated_version: str | None = typer.Option(None, "--curated-version"),
     distilled_version: str | None = typer.Option(None, "--distilled-version"),
+    hflip: bool | None = typer.Option(
+        None, "--hflip/--no-hflip",
+        help="mirror images in the augmentation (DSA) and in evaluation: a property of the "
+             "data; default on (faces); --no-hflip for text, digits, arrows, anything chiral"),
 ) -> None:
     """Distil DATA and write OUT/distilled.parquet, OUT/grids/<class>.png, OUT/config.json."""
     from omnifer.distill import distill, make_config, save_grids
 
     config = make_config(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img,
-                         batch_real=batch_real, image_size=image_size, seed=seed, device=device)
+                         batch_real=batch_real, image_size=image_size, seed=seed, device=device,
+                         hflip=hflip)
     sampler, names = _load_sampler(data, fmt, image_size, _split(classes), label_column,
                                    image_column)
     result = distill(sampler, names, config)

@@ -21,6 +21,7 @@ from omnifer.runtime.tables import print_table
 
 if TYPE_CHECKING:
     from omnifer.labeled.base import LabeledData
+    from omnifer.training.config import TrainConfig
 
 FORMAT_HELP = "rafdb | ferplus | affectnet | folder"
 LABEL_MODE_HELP = ("ferplus: majority (the dataset's protocol, default) | plurality | "
@@ -72,6 +73,17 @@ def train_cmd(
     backbone_lr_scale: float | None = typer.Option(None, "--backbone-lr-scale",
                                                    help="backbone LR = --lr × this (head: "
                                                         "--lr)"),
+    hflip: bool | None = typer.Option(
+        None, "--hflip/--no-hflip",
+        help="random horizontal flips while training. A property of the data, recorded in "
+             "the model card: right for faces and other mirror-symmetric images, wrong for "
+             "text, digits, arrows or anything chiral. Default: on for the face formats "
+             "(rafdb, ferplus, affectnet), OFF for --format folder (pass --hflip for faces)"),
+    flip_tta: bool | None = typer.Option(
+        None, "--flip-tta/--no-flip-tta",
+        help="score, evaluate and select with the mirrored image too (flip test-time "
+             "augmentation and the flip-agreement gate); recorded in the model card. "
+             "Default: as --hflip"),
 ) -> None:
     """Train a model on a labeled dataset; writes weights, prototypes and card.json.
 
@@ -79,6 +91,10 @@ def train_cmd(
     or fine-tuned from --pretrained. A temperature is fitted on the validation split
     afterwards (calibrated confidence); the ECE before and after is printed.
     """
+    # Horizontal flips (augmentation and test-time) are a property of the data set: faces look
+    # the same mirrored, handwriting or arrows do not. The face formats default to flips on; an
+    # image folder to flips off unless --hflip (or ``hflip: true`` in --config) says so. The
+    # card records the choice; scoring, selection, retraining and distillation follow it.
     from omnifer.labeled import read_dataset, read_image_folder
     from omnifer.training.config import load_train_config
     from omnifer.training.train import train_model
@@ -86,7 +102,9 @@ def train_cmd(
     cfg = load_train_config(config, epochs=epochs, seed=seed, arch=arch, input_size=input_size,
                             batch_size=batch_size, lr=lr, balanced_sampling=balanced,
                             device=device, pretrained=str(pretrained) if pretrained else None,
-                            freeze_stages=freeze_stages, backbone_lr_scale=backbone_lr_scale)
+                            freeze_stages=freeze_stages, backbone_lr_scale=backbone_lr_scale,
+                            hflip=hflip, flip_tta=flip_tta)
+    cfg = cfg.model_copy(update=flip_defaults(cfg, fmt, hflip, flip_tta))
     train = read_dataset(data, fmt, split, size=cfg.input_size, label_mode=label_mode,
                          include_contempt=contempt)
     _print_dropped(train)
@@ -97,7 +115,9 @@ def train_cmd(
         _print_dropped(val)
     extras = [read_image_folder(p, size=cfg.input_size) for p in extra]
     console.print(f"training {cfg.arch} on {len(train)} images {train.counts()}"
-                  + (f" + {sum(len(e) for e in extras)} extra" if extras else ""))
+                  + (f" + {sum(len(e) for e in extras)} extra" if extras else "")
+                  + f"; horizontal flips: augmentation {'on' if cfg.hflip else 'off'}, "
+                    f"test-time {'on' if cfg.flip_tta else 'off'}")
     card = train_model(train, cfg, out, val=val, extra=extras)
     m = card.metrics
     console.print(f"saved {out}: best epoch {m.get('best_epoch')}, val accuracy "
@@ -106,6 +126,24 @@ def train_cmd(
 
     for line in card_lines(card):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+FACE_FORMATS = ("rafdb", "ferplus", "affectnet")
+
+
+def flip_defaults(cfg: TrainConfig, fmt: str, hflip: bool | None,
+                  flip_tta: bool | None) -> dict[str, bool]:
+    """The flips a ``train`` run gets where neither the command line nor the config file set
+    them: faces (the face formats) flip, an image folder does not (it may be chiral), and
+    test-time flipping follows augmentation."""
+    given = cfg.model_fields_set
+    out: dict[str, bool] = {}
+    if hflip is None and "hflip" not in given:
+        out["hflip"] = fmt in FACE_FORMATS
+    aug = out.get("hflip", cfg.hflip)
+    if flip_tta is None and "flip_tta" not in given:
+        out["flip_tta"] = aug
+    return out
 
 
 def _image_files(root: Path) -> list[Path]:

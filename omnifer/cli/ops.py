@@ -24,7 +24,8 @@ from omnifer.runtime.tables import print_table
 # planned objects got (``rowed`` = ``planned`` once every shard has committed).
 _COUNT_KEYS = ("shards", "done", "skipped", "failed", "listed", "planned", "unchanged",
                "ignored", "excluded", "skipped_entries", "rowed", "selected", "candidates",
-               "retried", "recovered", "still_failed", "new_curated", "blocked")
+               "retried", "recovered", "still_failed", "new_curated", "blocked", "scored",
+               "reselected", "removed", "contaminated")
 
 
 def _catalog() -> Any:

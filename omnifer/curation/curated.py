@@ -16,10 +16,12 @@ straight into a local Parquet file (streamed, so a curated set larger than memor
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -29,9 +31,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from omnifer.catalog import erasures
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import digest
 from omnifer.catalog.provenance import provenance
+from omnifer.catalog.purge import purge_rows
 from omnifer.catalog.schemas import CURATED
 from omnifer.curation.selection import SelectionPolicy, adapt_policy, select_samples
 from omnifer.errors import DatasetError, DecodeError
@@ -161,6 +165,19 @@ def to_labeled(
 
 
 # -- the select stage ----------------------------------------------------------------------------
+class DedupApplied(BaseModel):
+    """What selection takes from the night's dedup: which version, thresholds, and the faces
+    it leaves out (:func:`omnifer.curation.dedup.excluded_faces`)."""
+
+    dedup_version: str
+    thresholds: dict[str, Any]
+    excluded: set[str] = set()
+
+    def to_json(self) -> str:
+        return json.dumps({"dedup_version": self.dedup_version, **self.thresholds},
+                          sort_keys=True, separators=(",", ":"))
+
+
 class CuratedResult(BaseModel):
     """What selecting a night did: the curated version, candidates and rows kept per class."""
 
@@ -170,30 +187,43 @@ class CuratedResult(BaseModel):
     per_class: dict[str, int]
 
 
-def curated_version_for(ingest_date: str, policy_json: str, model_version: str) -> str:
-    """``<date>.<digest of policy and model>``: the same night, policy and model, one name."""
-    return f"{ingest_date}.{digest([policy_json, model_version])[:8]}"
+def curated_version_for(ingest_date: str, policy_json: str, model_version: str,
+                        dedup_version: str | None = None) -> str:
+    """``<date>.<digest of policy, model (and dedup version)>``: the same inputs, one name."""
+    parts = [policy_json, model_version] + ([dedup_version] if dedup_version else [])
+    return f"{ingest_date}.{digest(parts)[:8]}"
 
 
 def select_curated(
     catalog: DataCatalog, ingest_date: str, policy: SelectionPolicy, model_version: str,
-    run_id: str,
+    run_id: str, dedup: DedupApplied | None = None,
 ) -> CuratedResult:
     """Apply the selection policy to the night's scores and commit the curated set.
 
+    ``dedup``: the night's dedup (:mod:`omnifer.curation.dedup`): its excluded faces
+    (duplicates that are not kept, contaminated faces) are never candidates, and its version
+    and thresholds are part of the curated version and recorded in the ``dedup`` column.
+
     Runs over the whole night (class balance and top-K are per night), after every shard is
     committed. The file name comes from the curated version, so a rerun replaces, not adds.
-    A model without embeddings gets the policy without its similarity gate
+    Faces that an erasure request names are never selected, also when the request comes
+    while selection runs (it is applied again after the commit). A model without embeddings
+    gets the policy without its similarity gate
     (:func:`omnifer.curation.selection.adapt_policy`). Raises ConfigError for a malformed
     ``ingest_date`` or ``model_version``.
     """
     check_date(ingest_date, "ingest date")
     check_name(model_version, "model version")
+    erased = erasures.erased_content(catalog)
     flt = (ds.field("ingest_date") == ingest_date) & (ds.field("model_version") == model_version)
     flt = flt & (ds.field("status") == "ok")
     scores = catalog.read("scores", columns=["face_id", "label", "confidence", "similarity",
                                              "flip_agreement", "det_score", "face_size", "margin"],
                           filter=flt)
+    scores = erased.keep(scores)
+    if dedup is not None and dedup.excluded and scores.num_rows:
+        gone = pa.array(sorted(dedup.excluded), pa.string())
+        scores = scores.filter(pc.invert(pc.is_in(scores["face_id"], value_set=gone)))
     # A face can only be curated once per night even if identical bytes came twice.
     if scores.num_rows:
         _, first = np.unique(np.asarray(scores["face_id"].to_pylist(), dtype=object),
@@ -201,7 +231,8 @@ def select_curated(
         scores = scores.take(pa.array(np.sort(first)))
     policy = adapt_policy(policy, scores)  # e.g. no similarity gate for a model without one
     policy_json = policy.to_json()
-    version = curated_version_for(ingest_date, policy_json, model_version)
+    version = curated_version_for(ingest_date, policy_json, model_version,
+                                  dedup.dedup_version if dedup is not None else None)
     selected = select_samples(scores, policy)
     n = selected.num_rows
     copies = selected["copies"] if "copies" in selected.column_names else pa.array([1] * n)
@@ -214,9 +245,14 @@ def select_curated(
         "copies": pc.cast(copies, pa.int16()),
         "policy": pa.array([policy_json] * n),
         "model_version": pa.array([model_version] * n),
+        "dedup": pa.array([dedup.to_json() if dedup is not None else None] * n, pa.string()),
         **{k: pa.array([v] * n, CURATED.field(k).type) for k, v in provenance(run_id).items()},
     })
     catalog.write("curated", f"part-{version}.parquet", table, ingest_date=ingest_date)
+    if erasures.new_request_ids(catalog, erased.request_ids):
+        purge_rows(catalog, erasures.erased_content(catalog), run_id, nights=[ingest_date])
+        table = catalog.read("curated", filter=ds.field("curated_version") == version)
+        n = table.num_rows
     per_class = dict(sorted(Counter(table["label"].to_pylist()).items()))
     return CuratedResult(curated_version=version, candidates=scores.num_rows, selected=n,
                          per_class=per_class)

@@ -3,13 +3,17 @@
 Per face (:class:`ScoreBatch`, arrays of length N):
 
 * ``probs`` (N, C) float32: mean of softmax(logits / T) of the image and of its horizontally
-  flipped image; ``T`` is the card's temperature (1 unless calibrated, see
+  flipped image (flip test-time augmentation), or softmax(logits / T) of the image alone when
+  the model card's ``flip_tta`` is off (a chiral data set: a mirrored image is another class,
+  or none); ``T`` is the card's temperature (1 unless calibrated, see
   :mod:`omnifer.models.calibration`)
 * ``label`` (N,) int64 argmax of ``probs``; ``confidence`` its probability; ``margin`` top-1
   minus top-2 probability; ``entropy`` of ``probs`` in nats
-* ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image)
-* ``embedding`` (N, D) float32: mean of the two views' pooled features, minus the labeled
-  set's mean feature (``center``), L2-normalised
+* ``flip_agreement`` (N,) bool: argmax(image) == argmax(flipped image); without flip TTA
+  nothing was compared, and :meth:`ScoreBatch.to_arrow` (and the ingest) write nulls, which
+  selection's flip gate lets through
+* ``embedding`` (N, D) float32: mean of the (one or two) views' pooled features, minus the
+  labeled set's mean feature (``center``), L2-normalised
 * ``similarity`` (N,) float32: cosine of ``embedding`` to the prototype of the predicted class
   (the feature-wise similarity of the paper; 0 when that class had no labeled images)
 
@@ -22,6 +26,7 @@ Build one :class:`Scorer` per worker and keep it: the model stays loaded (and wa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +51,7 @@ class ScoreBatch:
     embedding: np.ndarray
     similarity: np.ndarray
     classes: tuple[str, ...]
+    flip_tta: bool = True  # False: flip_agreement was not measured (all True, meaningless)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -65,7 +71,7 @@ class ScoreBatch:
         fields = ("probs", "label", "confidence", "margin", "entropy", "flip_agreement",
                   "embedding", "similarity")
         return cls(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in fields},
-                   classes=batches[0].classes)
+                   classes=batches[0].classes, flip_tta=batches[0].flip_tta)
 
     def to_arrow(self, face_ids: Sequence[str] | None = None) -> pa.Table:
         """A table with the ``scores`` dataset's score columns (plus ``face_id`` if given)."""
@@ -83,7 +89,8 @@ class ScoreBatch:
             "confidence": pa.array(self.confidence.astype(np.float32)),
             "margin": pa.array(self.margin.astype(np.float32)),
             "entropy": pa.array(self.entropy.astype(np.float32)),
-            "flip_agreement": pa.array(self.flip_agreement.astype(bool)),
+            "flip_agreement": (pa.array(self.flip_agreement.astype(bool)) if self.flip_tta
+                               else pa.nulls(n, pa.bool_())),
             "similarity": pa.array(self.similarity.astype(np.float32),
                                    mask=np.isnan(self.similarity)),
             "embedding": (_list_array(self.embedding, d) if d
@@ -101,19 +108,25 @@ def _list_array(values: np.ndarray, width: int) -> pa.Array:
 @torch.inference_mode()
 def forward_tta(
     model: torch.nn.Module, x: torch.Tensor, center: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = 1.0, flip: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """One pass over image and flipped image: (probs, pred, pred_flip, embedding, features).
 
     ``probs`` is the mean of the two softmaxes of logits / ``temperature``; ``features`` the
     mean of the two views' pooled features and ``embedding`` those minus ``center``,
-    L2-normalised. Used by the scorer and for the prototypes at training time, so both sides
-    of the similarity are computed the same way.
+    L2-normalised. With ``flip=False`` (the card's ``flip_tta`` off) only the image itself is
+    seen and ``pred_flip`` is ``pred``. Used by the scorer and for the prototypes at training
+    time, so both sides of the similarity are computed the same way.
     """
     n = x.shape[0]
-    feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]))
+    feats = model.embed(torch.cat([x, torch.flip(x, dims=[3])]) if flip else x)
     logits = model.classify(feats)
     p = (logits.float() / temperature).softmax(dim=1)
+    if not flip:
+        feat = feats.float()
+        emb = F.normalize(feat - center if center is not None else feat, dim=1)
+        pred = p.argmax(1)
+        return p, pred, pred, emb, feat
     probs = (p[:n] + p[n:]) / 2
     feat = (feats[:n] + feats[n:]).float() / 2
     emb = F.normalize(feat - center if center is not None else feat, dim=1)
@@ -127,17 +140,24 @@ class Scorer:
     model (:func:`omnifer.models.checkpoints.load_checkpoint` gives the right one).
     ``calibrated=False`` ignores the card's temperature (raw confidences, as before
     calibration). ``device``: :func:`omnifer.devices.resolve_device` (None: CUDA if present).
+    Flip test-time augmentation follows the model card's ``flip_tta`` unless ``flip_tta``
+    says otherwise.
     """
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 256,
-                 device: str | torch.device | None = None, calibrated: bool = True) -> None:
+                 device: str | torch.device | None = None, calibrated: bool = True,
+                 flip_tta: bool | None = None) -> None:
         self.device = resolve_device(device)
         self.loaded = loaded
+        self.flip_tta = loaded.card.flip_tta if flip_tta is None else bool(flip_tta)
         self.kind = getattr(loaded.card, "kind", "torch")
         if self.kind == "torch":
             self.model = loaded.model.to(self.device).eval()
         else:
             self.model = loaded.to(self.device)  # e.g. OnnxModel: picks its providers
+            if self.flip_tta != loaded.card.flip_tta:  # the kind reads flip_tta from its card
+                self.model = copy.copy(self.model)
+                self.model.card = loaded.card.model_copy(update={"flip_tta": self.flip_tta})
         protos = loaded.prototypes
         self.prototypes = protos.to(self.device) if protos is not None else None
         self.center = loaded.center.to(self.device) if loaded.center is not None else None
@@ -152,7 +172,7 @@ class Scorer:
         if self.kind == "torch":
             x = self.loaded.preprocess(crops, self.device)
             probs, pred, pred_flip, emb, _ = forward_tta(self.model, x, self.center,
-                                                         self.temperature)
+                                                         self.temperature, flip=self.flip_tta)
         else:
             probs, pred, pred_flip, emb = self.model.forward_tta(crops, self.temperature)
         top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
@@ -171,15 +191,15 @@ class Scorer:
 
         return ScoreBatch(np32(probs), label.cpu().numpy().astype(np.int64), np32(top2[:, 0]),
                           np32(margin), np32(entropy), (pred == pred_flip).cpu().numpy(),
-                          np32(emb), np32(sim), self.classes)
+                          np32(emb), np32(sim), self.classes, self.flip_tta)
 
     def view_logits(self, crops: np.ndarray) -> np.ndarray:
-        """(V, N, C) float32 logits of each view (image, flipped image): what a temperature is
-        fitted on (:mod:`omnifer.models.calibration`). Probability outputs come back as
-        log-probabilities."""
+        """(V, N, C) float32 logits of each view (the image, and its flipped image when flip
+        TTA is on): what a temperature is fitted on (:mod:`omnifer.models.calibration`).
+        Probability outputs come back as log-probabilities."""
         crops = np.asarray(crops)
-        parts = [np.zeros((2 if self.kind == "torch" or self.loaded.card.flip_tta else 1, 0,
-                           len(self.classes)), np.float32)]
+        views = 2 if self.flip_tta else 1
+        parts = [np.zeros((views, 0, len(self.classes)), np.float32)]
         for i in range(0, len(crops), self.batch_size):
             chunk = crops[i : i + self.batch_size]
             if self.kind != "torch":
@@ -187,8 +207,8 @@ class Scorer:
                 continue
             with torch.inference_mode():
                 x = self.loaded.preprocess(chunk, self.device)
-                z = self.model(torch.cat([x, torch.flip(x, dims=[3])])).float()
-            parts.append(z.reshape(2, len(chunk), -1).cpu().numpy())
+                z = self.model(torch.cat([x, torch.flip(x, dims=[3])]) if views == 2 else x)
+            parts.append(z.float().reshape(views, len(chunk), -1).cpu().numpy())
         return np.concatenate(parts, axis=1)
 
     def score(self, crops: np.ndarray) -> ScoreBatch:

@@ -9,7 +9,9 @@ A face is *eligible* when it passes every gate of the :class:`SelectionPolicy`:
    of its predicted class (feature-wise similarity, as in the paper). A model that gives no
    embeddings (an ONNX model imported without an embedding output) leaves ``similarity``
    null: :func:`adapt_policy` then drops this gate and says so in the policy's ``note``
-4. ``flip_agreement`` when ``require_flip_agreement``
+4. ``flip_agreement`` when ``require_flip_agreement``; a null value passes: the scoring
+   model has no flip test-time augmentation (its card's ``flip_tta`` is off because mirrored
+   images are not the same class), so there was nothing to agree on
 5. margin ≥ ``min_margin``; det_score ≥ ``min_det_score``; face_size ≥ ``min_face_size``
    (quality gates; a gate whose column is absent is skipped with a warning, and a null
    value passes it: no detector said anything about that face)
@@ -165,7 +167,8 @@ def _gates(table: pa.Table, policy: SelectionPolicy) -> dict[str, np.ndarray]:
     gate("det_score", "det_score", policy.min_det_score, null_passes=True)
     gate("face_size", "face_size", policy.min_face_size, null_passes=True)
     if policy.require_flip_agreement and "flip_agreement" in table.column_names:
-        masks["flip"] = _column(table, "flip_agreement", bool, False)
+        # null = not measured (a model without flip TTA): the gate does not apply to it
+        masks["flip"] = _column(table, "flip_agreement", bool, True)
     else:
         if policy.require_flip_agreement:
             log.warning("selection: column 'flip_agreement' is absent; gate flip skipped")

@@ -138,6 +138,14 @@ def encode_image(img: np.ndarray, ext: str) -> bytes:
 # -- items --------------------------------------------------------------------------------------
 def render_labeled(seed: int, split: str, index: int, label: str) -> tuple[np.ndarray, DrawnFace]:
     """One labeled face: drawn in a small scene, aligned from its true landmarks (112×112)."""
+    img, face = render_labeled_photo(seed, split, index, label)
+    return align_face(img, face.landmarks5, size=CROP_SIZE), face
+
+
+def render_labeled_photo(seed: int, split: str, index: int,
+                         label: str) -> tuple[np.ndarray, DrawnFace]:
+    """The 256×256 photo (BGR) a labeled face is cut from, and its truth (what a crawler would
+    find if the labeled set's source photo were on the web: the decontamination tests)."""
     rng = item_rng(seed, split, index)
     side = 256
     img = background(rng, side, side)
@@ -148,8 +156,7 @@ def render_labeled(seed: int, split: str, index: int, label: str) -> tuple[np.nd
                      sample_light(rng))
     if rng.random() < 0.05:
         occlude(img, rng, face, scale)
-    img = camera(img, rng)
-    return align_face(img, face.landmarks5, size=CROP_SIZE), face
+    return camera(img, rng), face
 
 
 def place_faces(rng: np.random.Generator, w: int, h: int, n: int) -> list[Pose]:

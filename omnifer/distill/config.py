@@ -24,6 +24,9 @@ class DistillConfig(BaseModel):
     seed: int = 0
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     dsa_mode: Literal["single", "all"] = "single"
+    hflip: bool | None = Field(None, description="mirror images in DSA and in evaluation; "
+                               "a property of the data (faces: on, chiral sets: off); None: "
+                               "the model card's (the distill stage) or on")
     init: Literal["real", "noise"] = "real"
     net_width: int = Field(128, ge=1)
     net_depth: int = Field(3, ge=1)
@@ -46,6 +49,15 @@ class DistillConfig(BaseModel):
         if self.image_size >> self.net_depth < 1:
             raise ValueError(f"image_size {self.image_size} too small for depth {self.net_depth}")
         return self
+
+
+    @property
+    def augmentation(self) -> str:
+        """The DSA strategy actually used: ``dsa_strategy`` without ``flip`` when ``hflip`` is
+        False (distillation, and training the evaluation networks, both use it)."""
+        if self.hflip is False:
+            return "_".join(op for op in self.dsa_strategy.split("_") if op != "flip")
+        return self.dsa_strategy
 
 
 def make_config(overrides: dict[str, Any] | None = None, **more: Any) -> DistillConfig:

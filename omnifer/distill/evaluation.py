@@ -190,6 +190,8 @@ def compare_methods(
 
     Returns ``{name: {"mean", "std", "accs", "wall_time_s"}}``; ``distilled`` adds ready sets
     (``name -> (images, labels)``); ``method_overrides`` changes config fields per method.
+    The evaluation networks train with ``config.augmentation`` (no flips when ``hflip`` is
+    False), as distillation did.
     """
     config = config or DistillConfig()
     overrides = method_overrides or {}
@@ -219,7 +221,8 @@ def compare_methods(
         res = evaluate_small_set(images, labels, test_images, test_labels,
                                  num_models=num_models, epochs=epochs, seed=config.seed,
                                  num_classes=len(classes), width=config.net_width,
-                                 depth=config.net_depth, device=config.device)
+                                 depth=config.net_depth, device=config.device,
+                                 dsa_strategy=config.augmentation)
         res["wall_time_s"] = wall
         out[name] = res
         log.info("%s: %.2f ± %.2f %%", name, 100 * res["mean"], 100 * res["std"])

@@ -78,7 +78,8 @@ def _dm_loss(
 
 
 def _make_dsa(config: DistillConfig) -> DSA | None:
-    return DSA(config.dsa_strategy, mode=config.dsa_mode) if config.dsa_strategy else None
+    strategy = config.augmentation  # without flips when the data set is chiral
+    return DSA(strategy, mode=config.dsa_mode) if strategy else None
 
 
 def _real_batches(sampler: ClassSampler, num_classes: int, config: DistillConfig,

@@ -132,7 +132,7 @@ def torch_view_logits(model: Any, images: np.ndarray, mean: list[float], std: li
     input size and on their mirror images, normalised with ``mean``/``std``."""
     import torch
 
-    from omnifer.model import normalize, to_tensor
+    from omnifer.imaging.tensors import normalize, to_tensor
 
     parts = [np.zeros((2, 0, int(getattr(model, "num_classes", 0))), np.float32)]
     with torch.inference_mode():

@@ -68,6 +68,12 @@ class ModelCard(BaseModel):
     mean: list[float]
     std: list[float]
     embedding_dim: int
+    # Properties of the data, not of faces: is a mirrored image the same class? (faces: yes;
+    # text, digits, arrows, anything chiral: no). Training augmentation follows ``hflip``;
+    # scoring, evaluation, prototypes and selection's flip gate follow ``flip_tta``. Cards
+    # written before these fields existed were all faces: both default to True.
+    hflip: bool = True
+    flip_tta: bool = True
     train_datasets: list[DatasetRef] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None

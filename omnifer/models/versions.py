@@ -4,7 +4,8 @@ A model version is a checkpoint folder (weights + card + prototypes) copied into
 ``model_store/<version>/`` and described by rows of the ``models`` dataset. Rows are never
 rewritten: registering and promoting are events, and "the primitive model" is the version of
 the latest ``promoted`` event. That keeps lineage (parent, training datasets, metrics of both
-candidates) queryable with DuckDB.
+candidates) queryable with DuckDB. An erasure request that took away data a version learned
+from adds a ``trained_on_erased`` event (:func:`flag_trained_on_erased`); the version stays.
 """
 
 from __future__ import annotations
@@ -100,6 +101,35 @@ def record_event(
     row = _event_row(version, event, reg["uri"], reg["parent_version"],
                      json.loads(reg["train_datasets"]), metrics, reg["classes"], run_id)
     catalog.write("models", f"{version}-{event}.parquet", row)
+
+
+FLAG_EVENT = "trained_on_erased"
+"""The event that flags a version whose training data an erasure request took away."""
+
+
+def flag_trained_on_erased(catalog: DataCatalog, version: str, request_id: str, why: str,
+                           run_id: str | None = None) -> None:
+    """Record a ``trained_on_erased`` event for ``version``: it learned from rows that erasure
+    request ``request_id`` removed (``why``: through which curated/distilled version or
+    teacher). One file per version and request, so recording it again changes nothing."""
+    reg = history(catalog, version)
+    if reg is None:
+        raise ModelFileError(f"model version {version} is not registered")
+    row = _event_row(version, FLAG_EVENT, reg["uri"], reg["parent_version"],
+                     json.loads(reg["train_datasets"]), {"erasure": request_id, "why": why},
+                     reg["classes"], run_id)
+    catalog.write("models", f"{version}-{FLAG_EVENT}-{request_id}.parquet", row)
+
+
+def flagged_versions(catalog: DataCatalog) -> dict[str, list[str]]:
+    """Model version → the erasure requests that flagged it (``trained_on_erased``)."""
+    table = catalog.read("models", columns=["model_version", "event", "metrics"])
+    out: dict[str, list[str]] = {}
+    for version, event, metrics in zip(*(table[c].to_pylist() for c in table.column_names),
+                                       strict=True):
+        if event == FLAG_EVENT:
+            out.setdefault(version, []).append(json.loads(metrics or "{}").get("erasure", ""))
+    return {v: sorted(r) for v, r in out.items()}
 
 
 def history(catalog: DataCatalog, version: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from omnifer.catalog import erasures
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import (
     IngestParams,
@@ -39,9 +40,12 @@ from omnifer.catalog.plans import (
     write_plan_exclusive,
 )
 from omnifer.catalog.provenance import provenance
+from omnifer.catalog.purge import purge_rows
 from omnifer.catalog.schemas import FACES, IMAGES, SCORES
 from omnifer.catalog.verify import missing_shard_data
+from omnifer.curation.hashing import face_hash
 from omnifer.errors import DecodeError, OmniferError, SourceError
+from omnifer.faces.aligned import AlignedInput
 from omnifer.faces.detectors import detect_and_align, face_id
 from omnifer.imaging.decode import decode_image
 from omnifer.params import check_date
@@ -62,12 +66,18 @@ log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
+ALIGNED_INPUT = AlignedInput()  # stateless: shared by every thread
 
 __all__ = [
     "STATUS_DUPLICATE", "STATUS_NO_FACE", "STATUS_OK", "IngestParams", "IngestPlan", "ObjectRef",
-    "ShardResult", "ShardSpec", "load_plans", "plan_ingest", "process_object", "process_shard",
-    "score_faces", "shard_done", "summarize",
+    "ShardResult", "ShardSpec", "load_plans", "needs_detector", "plan_ingest", "process_object",
+    "process_shard", "score_faces", "shard_done", "summarize",
 ]
+
+
+def needs_detector(sources: list[Source]) -> bool:
+    """Whether any source is detected (an all-aligned plan never loads a detector)."""
+    return any(s.faces != "aligned" for s in sources)
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -175,18 +185,19 @@ def process_shard(
         return done.model_copy(update={"skipped": True, "missing_data": missing})
     started = time.monotonic()
     params = plan.params
-    detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
+    detector = WorkerResources.detector(params) if needs_detector(sources) else None
     seen = ShardSeen(SeenIndex.for_plan(catalog, plan), shard.shard_id,
                      SharedClaims(catalog, plan, shard.shard_id) if shared_claims else None)
     stamp = provenance(run_id, shard.shard_id)
+    erased = erasures.erased_content(catalog)
 
     image_rows: list[dict[str, Any]] = []
     face_rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     for obj in shard.objects:
         row, faces, obj_crops = process_object(obj, sources[obj.source], params, detector,
-                                               seen, stamp)
+                                               seen, stamp, erased)
         image_rows.append(row)
         face_rows.extend(faces)
         crops.extend(obj_crops)
@@ -196,7 +207,7 @@ def process_shard(
         for i, (obj, row) in enumerate(zip(shard.objects, image_rows, strict=True)):
             if row.get("sha256") in lost and row["status"] != STATUS_DUPLICATE:
                 image_rows[i] = process_object(obj, sources[obj.source], params, detector,
-                                               AlreadySeen(), stamp)[0]
+                                               AlreadySeen(), stamp, erased)[0]
         keep = [i for i, f in enumerate(face_rows) if f["image_sha256"] not in lost]
         face_rows = [face_rows[i] for i in keep]
         crops = [crops[i] for i in keep]
@@ -217,6 +228,9 @@ def process_shard(
         seconds=round(time.monotonic() - started, 3),
     )
     write_marker(catalog, date, result)
+    if erasures.new_request_ids(catalog, erased.request_ids):
+        # An erasure was requested while this shard ran: it may not have seen our files.
+        purge_rows(catalog, erasures.erased_content(catalog), run_id, nights=[date])
     del image_rows, face_rows, crops, score_rows
     heap.trim()  # a night of shards must not creep up in RSS (see omnifer.runtime.heap)
     return result
@@ -225,6 +239,7 @@ def process_shard(
 def process_object(
     obj: ObjectRef, source: Source, params: IngestParams, detector: Any,
     seen: set[str] | ShardSeen | AlreadySeen, stamp: dict[str, Any],
+    erased: erasures.ErasedContent | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[np.ndarray]]:
     """One source object → its ``images`` row, its face rows and their crops (unscored).
 
@@ -232,13 +247,26 @@ def process_object(
     gets exactly the rows a clean run would have given it. ``seen`` holds content already
     ingested (a new sha256 is added to it; ``process_shard`` passes a :class:`ShardSeen`, whose
     membership test claims the content); ``stamp`` holds the provenance columns every row
-    carries (:func:`omnifer.catalog.provenance.provenance`).
+    carries (:func:`omnifer.catalog.provenance.provenance`). A source of pre-aligned crops
+    (``faces="aligned"``) is not detected: the whole image is its one face
+    (:class:`omnifer.faces.aligned.AlignedInput`), and ``detector`` may be None.
+
+    ``erased``: what erasure requests forbid (:mod:`omnifer.catalog.erasures`). An object under
+    an erased source prefix is not read; erased content, whatever its URI, is recognised by
+    its sha256 after reading and before decoding. Both get the status ``erased`` and keep
+    neither hash nor pixels; an erased face found in other content is left out.
     """
+    aligned = source.faces == "aligned"
+    if aligned:
+        detector = ALIGNED_INPUT
     det = {"detector": detector.name, "detector_version": detector.version}
     row: dict[str, Any] = {"source_uri": obj.uri, "source_version": obj.version,
                            "n_faces": 0, **det, **stamp}
     face_rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
+    if erased and erased.uri_erased(obj.uri):
+        row.update(status=erasures.STATUS_ERASED, error="source erased on request")
+        return row, face_rows, crops
     try:
         data = read_object(source, obj, params.max_bytes)
     except FetchError as exc:
@@ -248,6 +276,10 @@ def process_object(
         row.update(status=exc.status, error=str(exc))
         return row, face_rows, crops
     sha = hashlib.sha256(data).hexdigest()
+    if erased and sha in erased.sha256s:
+        row.update(status=erasures.STATUS_ERASED,
+                   error=f"content erased on request {erased.by_sha.get(sha, '')}".strip())
+        return row, face_rows, crops
     row.update(sha256=sha, bytes=len(data))
     if sha in seen:
         row.update(status=STATUS_DUPLICATE, error="content already ingested")
@@ -260,13 +292,16 @@ def process_object(
         return row, face_rows, crops
     row.update(width=decoded.width, height=decoded.height, format=decoded.format)
     try:
-        faces = detect_and_align(decoded.image, detector,
-                                 min_face_size=params.min_face_size,
-                                 min_score=params.min_det_score)
+        faces = (detector.faces(decoded.image) if aligned else
+                 detect_and_align(decoded.image, detector, min_face_size=params.min_face_size,
+                                  min_score=params.min_det_score))
     except Exception as exc:  # a detector failure is one image's problem, not the night's
         log.warning("detection failed on %s: %s", obj.uri, exc)
         row.update(status="detect_failed", error=f"{type(exc).__name__}: {exc}")
         return row, face_rows, crops
+    if erased and erased.face_ids:
+        faces = [f for f in faces if face_id(sha, np.asarray(f.detection.bbox, np.float32))
+                 not in erased.face_ids]
     row.update(n_faces=len(faces), status=STATUS_OK if faces else STATUS_NO_FACE)
     for face in faces:
         bbox = np.asarray(face.detection.bbox, dtype=np.float32)
@@ -282,6 +317,7 @@ def process_object(
             "det_score": float(face.detection.score),
             "face_size": float(min(bbox[2] - bbox[0], bbox[3] - bbox[1])),
             "crop": jpeg.tobytes(),
+            "face_hash": face_hash(face.crop),  # for deduplication (omnifer.curation.dedup)
             **det,
             **stamp,
         })
@@ -321,7 +357,7 @@ def score_faces(
             "confidence": float(batch.confidence[i]),
             "margin": float(batch.margin[i]),
             "entropy": float(batch.entropy[i]),
-            "flip_agreement": bool(batch.flip_agreement[i]),
+            "flip_agreement": bool(batch.flip_agreement[i]) if batch.flip_tta else None,
             # null when the model gives no embedding (an ONNX model without one)
             "similarity": (None if np.isnan(batch.similarity[i])
                            else float(batch.similarity[i])),

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from omnifer import storage
+from omnifer.catalog import erasures
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import (
     IngestPlan,
@@ -50,11 +51,12 @@ from omnifer.catalog.plans import (
     write_marker,
 )
 from omnifer.catalog.provenance import provenance
+from omnifer.catalog.purge import purge_rows
 from omnifer.catalog.schemas import FACES, IMAGES, SCORES
 from omnifer.errors import ConfigError, DatasetError, DecodeError
 from omnifer.imaging.decode import decode_image
 from omnifer.params import check_date
-from omnifer.pipeline.ingest import process_object, score_faces
+from omnifer.pipeline.ingest import needs_detector, process_object, score_faces
 from omnifer.pipeline.workers import STATUS_DUPLICATE, WorkerResources
 from omnifer.sources import source_from_dict
 
@@ -213,10 +215,13 @@ def retry_shard(
     statuses = _statuses(stage)
     started = time.monotonic()
     plan, shard = _find_shard(catalog, ingest_date, shard_id)
+    known = erasures.request_ids(catalog)
     if stage == "score":
         result = _retry_scores(catalog, plan, shard, statuses, run_id)
     else:
         result = _retry_images(catalog, plan, shard, stage, statuses, run_id)
+    if erasures.new_request_ids(catalog, known):  # rows we rewrote may hold newly erased ones
+        purge_rows(catalog, erasures.erased_content(catalog), run_id, nights=[ingest_date])
     result.seconds = round(time.monotonic() - started, 3)
     log.info("retried %s of shard %s (%s): %d tried, %d recovered, %d still failed",
              stage, shard_id, ingest_date, result.retried, result.recovered, result.still_failed)
@@ -238,15 +243,16 @@ def _retry_images(
     objects = [o for o in shard.objects if o.uri in failed]
     seen = _seen_excluding(catalog, {(sid, uri) for uri in failed})
     params = plan.params
-    detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
+    detector = WorkerResources.detector(params) if needs_detector(sources) else None
     stamp = provenance(run_id, sid)
+    erased = erasures.erased_content(catalog)
     new_rows: dict[str, dict[str, Any]] = {}
     face_rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []
     for obj in objects:
         row, faces, obj_crops = process_object(obj, sources[obj.source], params,
-                                                      detector, seen, stamp)
+                                                      detector, seen, stamp, erased)
         new_rows[obj.uri] = row
         face_rows.extend(faces)
         crops.extend(obj_crops)
@@ -316,8 +322,8 @@ def _retry_scores(
     for face in faces:
         by_uri.setdefault(face["source_uri"], []).append(face)
     params = plan.params
-    detector = WorkerResources.detector(params)
     sources = [source_from_dict(s) for s in plan.sources]
+    detector = WorkerResources.detector(params) if needs_detector(sources) else None
     stamp = provenance(run_id, sid)
     rows: list[dict[str, Any]] = []
     crops: list[np.ndarray] = []

@@ -27,6 +27,7 @@ from omnifer import storage
 from omnifer.catalog import runs
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.config import load_settings
+from omnifer.curation.dedup import night_counts
 from omnifer.curation.selection import SelectionPolicy, policy_from_settings
 from omnifer.distill.result import DistilledSet, save_grids
 from omnifer.errors import DatasetError
@@ -90,6 +91,9 @@ class ReportFacts:
     # listed vs rowed: the run's listing counts (plan stage) and the images rows its plan's
     # shards hold in the catalog (see _accounting)
     accounting: dict[str, Any] = field(default_factory=dict)
+    # date -> {"duplicates_removed": n, "contaminated": n} (omnifer.curation.dedup), up to
+    # this night and HISTORY_NIGHTS before it
+    dedup: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str] | None] | None:
@@ -117,6 +121,8 @@ def _models(con: Any) -> list[dict[str, Any]]:
         if event == "registered":
             entry.update(registered_at=created, run_id=run_id, parent=parent, classes=classes,
                          train_datasets=train, _reg=m)
+        elif event == "trained_on_erased":  # a flag, not figures: which erasure, and how
+            entry.setdefault("trained_on_erased", []).append(m)
         else:  # a verdict: its figures only fill what the registration did not record
             entry["_other"].update(m)
     for entry in versions.values():
@@ -250,6 +256,7 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
         scores=scores, similarity=similarity, samples=samples,
         distilled=_distilled(catalog, con, summary, curated_version),
         models=models, confusions=confusions, notes=notes, accounting=accounting,
+        dedup=_dedup_history(catalog, date),
     )
 
 
@@ -275,6 +282,13 @@ def _accounting(catalog: DataCatalog, q: Any, run: dict[str, Any], date: str) ->
         out.setdefault("planned", plan.n_objects)
     out.update(rowed=int(rowed), rowed_objects=int(distinct))
     return out
+
+
+def _dedup_history(catalog: DataCatalog, date: str) -> dict[str, dict[str, int]]:
+    """Duplicates removed and contaminated faces caught, this night and the ones before."""
+    counts = night_counts(catalog)
+    nights = [d for d in counts if d <= date][-(HISTORY_NIGHTS + 1):]
+    return {d: counts[d] for d in nights}
 
 
 def _distilled(catalog: DataCatalog, con: Any, summary: dict[str, Any],

@@ -89,6 +89,12 @@ def _stage_details(info: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def distilled_marker(version: str) -> str:
+    """The ``data-k`` value of the line that shows distilled ``version``'s grids (what
+    erasure looks for in a report, :mod:`omnifer.erasure.match`)."""
+    return f"distilled-version:{version}"
+
+
 def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
     run = facts.run
     summary = run.get("summary") or {}
@@ -156,6 +162,20 @@ def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
     for k, n in facts.faces_per_image:
         w(f"<tr><td>{_e(k)}</td><td class=n>{n:,}</td></tr>")
     w("</table></div></section>")
+    w("<section id=dedup><h2>Near-duplicates and evaluation faces left out</h2>")
+    if facts.dedup:
+        w("<p class=sub>Faces dropped because a copy of them is kept (re-uploads, resizes, "
+          "re-encodes) and faces of the evaluation sets (the labeled test split) caught in the "
+          "crawl; neither enters a curated set.</p><table><tr><th>night</th>"
+          "<th class=n>duplicates removed</th><th class=n>contaminated caught</th></tr>")
+        for d, c in reversed(list(facts.dedup.items())):
+            w(f"<tr><td>{_e(d)}</td><td class=n data-k='dedup:{_e(d)}:removed'>"
+              f"{c['duplicates_removed']:,}</td><td class=n data-k='dedup:{_e(d)}:"
+              f"contaminated'>{c['contaminated']:,}</td></tr>")
+        w("</table>")
+    else:
+        w("<p class=sub>No deduplication recorded (dedup.enabled is off).</p>")
+    w("</section>")
 
     # Selection
     w("<section id=selected><h2>Selected per class, against the previous nights</h2>")
@@ -199,7 +219,8 @@ def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
     d = facts.distilled
     w("<section id=distilled><h2>Distilled images</h2>")
     if d.get("version"):
-        w(f"<p class=sub>version <code>{_e(d['version'])}</code> · {_e(d.get('method'))} · "
+        w(f"<p class=sub data-k='{_e(distilled_marker(d['version']))}'>version "
+          f"<code>{_e(d['version'])}</code> · {_e(d.get('method'))} · "
           f"<b data-k='distilled-images'>{d['images']}</b> images from curated "
           f"<code>{_e(d.get('curated'))}</code></p><div class='row grid'>")
         for name, png in d["grids"]:
@@ -231,6 +252,10 @@ def render_html(facts: ReportFacts, charts: dict[str, str | None]) -> str:
     for m in facts.models:
         v = m["version"]
         star = " ★ primitive" if m["current"] else ""
+        for flag in m.get("trained_on_erased") or []:
+            star += (f" <span class='state failed' data-k='model:{_e(v)}:trained_on_erased' "
+                     f"title='{_e(flag.get('why', ''))}'>trained on erased data "
+                     f"({_e(flag.get('erasure', ''))})</span>")
         w(f"<tr><td><b>{_e(v)}</b>{star}</td><td>{_e(m['parent'] or '–')}</td>"
           f"<td><span class='state {_e(m['verdict'])}'>{_e(m['verdict'])}</span></td>"
           f"<td class=n data-k='model:{_e(v)}:accuracy'>"

@@ -26,13 +26,18 @@ buckets and URL manifests. Odd entries met while listing a folder (a folder that
 read, a dangling symlink, an entry that vanished) are logged and counted in a
 :class:`~omnifer.sources.listing.ListingReport`, never raised: one bad corner of a tree does
 not end the night.
+
+What the images are (every kind): ``faces="detect"`` (default) runs the face detector on each
+image; ``faces="aligned"`` says the pool is already aligned face crops (MS-Celeb-1M, RAF-DB's
+aligned set, CASIA-WebFace, AffectNet crops): no detection, each whole image is one face
+(:mod:`omnifer.faces.aligned`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -81,6 +86,10 @@ class Source(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     exclude: tuple[str, ...] = ()
+
+    faces: Literal["detect", "aligned"] = "detect"
+    """``detect``: find faces with the ingest's detector; ``aligned``: each image is already
+    one aligned face crop (no detection; see :mod:`omnifer.faces.aligned`)."""
 
     @field_validator("exclude", mode="before")
     @classmethod

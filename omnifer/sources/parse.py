@@ -27,10 +27,14 @@ def source_from_dict(raw: dict[str, Any]) -> LocalSource | S3Source | UrlManifes
         raise SourceError(f"invalid source {raw!r}: {exc.errors()[0]['msg']}") from None
 
 
-def parse_source(text: str) -> LocalSource | S3Source | UrlManifestSource:
+def parse_source(text: str | dict[str, Any]) -> LocalSource | S3Source | UrlManifestSource:
     """``/path``, ``relative/path``, ``file:///path``, ``s3://bucket/prefix`` (read as a
     folder: ``prefix/``), ``urls:manifest.csv`` (or ``urls:s3://b/m.parquet``), or a JSON
-    object with ``kind`` for the options these short forms leave at their defaults."""
+    object (text or dict) for the options these short forms leave at their defaults: either
+    with ``kind`` (the spec's own fields), or with ``path`` (any short form above) plus
+    options, e.g. ``{"path": "s3://crops/ms1m/", "faces": "aligned"}``."""
+    if isinstance(text, dict):
+        return _from_object(dict(text))
     text = text.strip()
     raw: dict[str, Any]
     if text.startswith("{"):
@@ -38,7 +42,10 @@ def parse_source(text: str) -> LocalSource | S3Source | UrlManifestSource:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SourceError(f"source is not valid JSON: {exc}") from None
-    elif text.startswith("urls:"):
+        if not isinstance(raw, dict):
+            raise SourceError("a JSON source must be an object")
+        return _from_object(raw)
+    if text.startswith("urls:"):
         raw = {"kind": "urls", "manifest": text[len("urls:") :]}
     elif text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
@@ -56,3 +63,16 @@ def parse_source(text: str) -> LocalSource | S3Source | UrlManifestSource:
     else:
         raise SourceError("empty source")
     return source_from_dict(raw)
+
+
+def _from_object(raw: dict[str, Any]) -> LocalSource | S3Source | UrlManifestSource:
+    """A JSON object: ``kind`` + fields, or ``path`` (a short form) + options over it."""
+    if "path" not in raw:
+        return source_from_dict(raw)
+    path = raw.pop("path")
+    if "kind" in raw or not isinstance(path, str) or path.strip().startswith("{"):
+        raise SourceError("a source object has either 'kind' or 'path' (a folder, "
+                          "s3://bucket/prefix or urls:manifest), not both")
+    spec = parse_source(path)
+    base = spec.model_dump(mode="json", exclude_defaults=True)
+    return source_from_dict({**base, "kind": spec.kind, **raw})

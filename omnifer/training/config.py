@@ -33,8 +33,10 @@ class TrainConfig(BaseModel):
     balanced_sampling: bool = False
     val_fraction: float = Field(0.15, ge=0, lt=1)
     patience: int = Field(10, ge=0)  # epochs without val improvement; 0 = never stop early
-    # augmentation
-    hflip: bool = True
+    # augmentation. Flips are properties of the data set, recorded in the model card: right
+    # for faces (the default), wrong for anything chiral (text, digits, arrows, road signs).
+    hflip: bool = True  # random horizontal flips while training
+    flip_tta: bool = True  # scoring/evaluation/prototypes average the image and its mirror
     crop_scale: tuple[float, float] = (0.85, 1.0)  # area fraction of the random resized crop
     max_rotation: float = Field(5.0, ge=0)  # degrees
     color_jitter: float = Field(0.1, ge=0, lt=1)  # ± brightness / contrast / saturation

@@ -57,7 +57,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
 
 def evaluate_model(loaded: LoadedModel, data: LabeledData, batch_size: int = 256,
                    device: str | None = None) -> dict[str, Any]:
-    """Score ``data`` with the model (flip TTA, as in production) and compare to its labels.
+    """Score ``data`` with the model (flip TTA when its card's ``flip_tta`` is on, as in
+    production) and compare to its labels.
 
     ``data``'s classes are matched to the model's by name (so an image folder with a subset
     of the classes works). Returns accuracy, mean_class_accuracy, per_class_accuracy,

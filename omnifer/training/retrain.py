@@ -9,6 +9,12 @@ student has to beat. The new version is registered with its lineage (parent, lab
 set, curated and distilled versions, teacher) and both test figures; it becomes the primitive
 model only when it beats the current one on the labeled set's held-out test split. A rejected
 version stays in the registry, so "why was v7 not promoted" is a query.
+
+Erasure: the lineage records the erasure requests whose rows were gone when training started
+(``erasures``), so a later request flags exactly the versions that learned from what it
+removed (:func:`omnifer.catalog.erasures.lineage_touches`); a request that comes while a
+version trains flags it when it is registered. ``replace=True`` (what ``erasure.retrain``
+uses) promotes the new version whatever its gain: it replaces a model trained on erased data.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
+from omnifer.catalog import erasures
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.config import LabeledSpec, RetrainSettings
 from omnifer.curation import curated
@@ -153,21 +160,34 @@ def retrain(
     run_id: str | None = None,
     work_dir: Path | str | None = None,
     version: str | None = None,
+    use_teacher: bool = True,
+    replace: bool = False,
 ) -> RetrainResult:
-    """Train a new version on labeled + mined data, register it, promote it if it is better."""
+    """Train a new version on labeled + mined data, register it, promote it if it is better.
+
+    ``use_teacher=False``: mined images keep one-hot targets (no soft targets from the parent,
+    for distilled nor curated images, e.g. when the parent learned from erased faces);
+    ``replace``: promote it whatever the gain (the parent must be replaced). Raises
+    ConfigError for a malformed ``version`` (before training).
+    """
     if version is not None:  # it names the model store folder: fail now, not after training
         from omnifer.params import check_name
 
         check_name(version, "model version")
     recipe = recipe or settings.recipe
+    requests = erasures.load_requests(catalog)
+    done_erasures = sorted(r.request_id for r in requests if r.state != "requested")
     if recipe not in ("curated", "distilled", "all"):
         raise ConfigError(f"recipe must be curated, distilled or all, not {recipe!r}")
-    cfg = train_config(settings.train)
     parent, parent_uri = model_versions.primitive_model(catalog)
+    parent_model = load_checkpoint(model_versions.local_checkpoint(parent_uri, parent))
+    # Flips are properties of the data set: the new version keeps its parent's unless the
+    # retrain settings name them.
+    cfg = train_config({"hflip": parent_model.card.hflip,
+                        "flip_tta": parent_model.card.flip_tta, **settings.train})
     labeled, test = read_labeled(settings.labeled, cfg.input_size)
 
     device = str(resolve_device(cfg.device))
-    parent_model = load_checkpoint(model_versions.local_checkpoint(parent_uri, parent))
 
     extra: list[LabeledData] = []
     used_curated: list[str] = []
@@ -177,7 +197,7 @@ def retrain(
         if not distilled_version:
             raise DatasetError("no distilled version yet: run 'omnifer distill curated' first")
         dset = distilled_as_labeled(catalog, distilled_version, settings.distilled_copies)
-        if settings.teacher_weight > 0:
+        if settings.teacher_weight > 0 and use_teacher:
             dset = with_teacher_targets(dset, parent_model, settings.teacher_weight, device)
             teacher = {"model_version": parent, "weight": settings.teacher_weight}
             if parent_model.card.kind != "torch":  # e.g. an imported ONNX teacher
@@ -199,7 +219,7 @@ def retrain(
                 raise DatasetError("no curated rows yet: run the nightly ingest first")
             mined = curated.to_labeled(catalog, versions, cfg.input_size, tmp,
                                        classes=labeled.classes)
-            if settings.curated_teacher_weight > 0:  # distillation from the parent on them
+            if settings.curated_teacher_weight > 0 and use_teacher:  # the parent teaches
                 mined = with_teacher_targets(mined, parent_model,
                                              settings.curated_teacher_weight, device)
                 teacher = {**(teacher or {"model_version": parent}),
@@ -225,17 +245,25 @@ def retrain(
         "distilled": distilled_version,
         "teacher": teacher,
         "test": {"source": test.source, "n": len(test)},
+        "erasures": done_erasures,
     }
     metrics = {**new_metrics, "train_seconds": seconds,
                "train_images": len(labeled) + sum(len(e) for e in extra)}
     uri = model_versions.register_version(catalog, ckpt, version, parent=parent,
                                           train_datasets=lineage, metrics=metrics,
                                           run_id=run_id)
+    for request in erasures.load_requests(catalog):  # requests that came while we trained
+        if request.request_id not in done_erasures and erasures.lineage_touches(lineage,
+                                                                                request):
+            model_versions.flag_trained_on_erased(catalog, version, request.request_id,
+                                                  "erasure requested while it trained", run_id)
     gain = new_metrics["accuracy"] - parent_metrics["accuracy"]
-    promoted = gain > settings.min_gain
+    promoted = replace or gain > settings.min_gain
     verdict = {"accuracy": new_metrics["accuracy"], "parent_version": parent,
                "parent_accuracy": parent_metrics["accuracy"], "gain": gain,
                "min_gain": settings.min_gain, "test": lineage["test"]}
+    if replace:
+        verdict["replaces"] = f"{parent} (trained on erased data)"
     model_versions.record_event(catalog, version, "promoted" if promoted else "rejected",
                                 verdict, run_id=run_id)
     log.info("%s: test accuracy %.4f vs %s %.4f → %s", version, new_metrics["accuracy"], parent,

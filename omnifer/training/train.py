@@ -6,7 +6,8 @@ Settings: :class:`omnifer.training.config.TrainConfig`; augmentation:
 :func:`train_model` is the one entry point (CLI, Prefect task and notebooks call it):
 
 * augmentation in torch, on the training device: random resized crop + small rotation +
-  horizontal flip as one ``affine_grid``/``grid_sample``, then brightness/contrast/saturation
+  horizontal flip (when ``hflip``: a property of the data set, recorded in the card with
+  ``flip_tta``) as one ``affine_grid``/``grid_sample``, then brightness/contrast/saturation
   jitter; every random number comes from a generator seeded by ``(seed, epoch)``
 * optional class-balanced sampling (with replacement, weights 1/class count)
 * cross-entropy on probability targets (hard labels become one-hot, so soft labels such as
@@ -58,12 +59,13 @@ from omnifer.models.checkpoints import (
     save_checkpoint,
     write_file_atomic,
 )
-from omnifer.curation.scoring import forward_tta
 from omnifer.models.modelfiles import sha256_file
-from omnifer.models.registry import count_parameters, create_model
+from omnifer.models.registry import count_parameters
 from omnifer.runtime.progress import track
 from omnifer.training.augment import augment
+from omnifer.training.build import build_model, input_normalization
 from omnifer.training.config import TrainConfig
+from omnifer.training.measure import calibrate_model, confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -140,34 +142,23 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: li
     return correct / max(len(x), 1), loss / max(len(x), 1)
 
 
-@torch.no_grad()
-def _confusion(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: list[float],
-               std: list[float], num_classes: int, batch: int = 256) -> list[list[int]]:
-    """Confusion matrix (C, C) as nested lists: ``[true][predicted]`` counts, no TTA."""
-    model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for i in range(0, len(x), batch):
-        pred = model(normalize(x[i : i + batch].float().div(255.0), mean, std)).argmax(1)
-        true = y[i : i + batch].argmax(1)
-        cm += torch.bincount((true * num_classes + pred).cpu(),
-                             minlength=num_classes * num_classes).view(num_classes, num_classes)
-    return cm.tolist()
-
-
 def compute_prototypes(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                        num_classes: int, mean: list[float], std: list[float],
-                       device: torch.device, batch: int = 256) -> tuple[torch.Tensor, ...]:
+                       device: torch.device, batch: int = 256,
+                       flip: bool = True) -> tuple[torch.Tensor, ...]:
     """(prototypes (C, D), center (D,)) from the labeled images.
 
-    ``center`` is the mean flip-averaged feature; embeddings are L2-normalised after
-    subtracting it (post-ReLU features are all positive, so uncentred cosines crowd near 1).
-    A prototype is the L2-normalised mean of its class's embeddings (zero if no images).
+    ``center`` is the mean (flip-averaged when ``flip``, the card's ``flip_tta``) feature;
+    embeddings are L2-normalised after subtracting it (post-ReLU features are all positive, so
+    uncentred cosines crowd near 1). A prototype is the L2-normalised mean of its class's
+    embeddings (zero if no images). Computed as the scorer computes embeddings, so both sides
+    of the similarity see the same views.
     """
     model.eval()
     feats = []
     for i in range(0, len(images), batch):
         x = normalize(to_tensor(images[i : i + batch], device), mean, std)
-        feats.append(forward_tta(model, x)[4].cpu())
+        feats.append(forward_tta(model, x, flip=flip)[4].cpu())
     feat = torch.cat(feats)
     center = feat.mean(0)
     emb = F.normalize(feat - center, dim=1)
@@ -246,21 +237,14 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     x_np, y_np = _concat([fit, *extra], classes, size)
     mean = (x_np.reshape(-1, 3).mean(0) / 255.0).round(6).tolist()
     std = (x_np.reshape(-1, 3).std(0) / 255.0).clip(1e-3).round(6).tolist()
-    norm = cfg.normalization if cfg.normalization != "auto" else (
-        "data" if not cfg.pretrained else "pretrained")
-    if norm != "data":
-        from omnifer.models.weights import ARCFACE, IMAGENET, pretrained_normalization
-
-        rgb = {"imagenet": IMAGENET, "arcface": ARCFACE}.get(norm) \
-            or pretrained_normalization(cfg.arch)
-        mean, std = rgb[0][::-1], rgb[1][::-1]  # stated in RGB order; the pipeline is BGR
+    mean, std = input_normalization(cfg, mean, std)
     x_all = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
     y_all = torch.from_numpy(y_np).to(device)
     if held is not None:
         x_val = torch.from_numpy(held.images).permute(0, 3, 1, 2).contiguous().to(device)
         y_val = torch.from_numpy(held.soft_targets()).to(device)
 
-    model, opt, pretrained = _build_model(cfg, len(classes), device)
+    model, opt, pretrained = build_model(cfg, len(classes), device)
 
     n = len(x_all)
     steps_per_epoch = math.ceil(n / min(cfg.batch_size, n))
@@ -285,7 +269,7 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
             log.info("resuming %s after epoch %d", out, start_epoch)
         except (OSError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("cannot resume from %s (%s): starting afresh", state_dir, exc)
-            model, opt, pretrained = _build_model(cfg, len(classes), device)
+            model, opt, pretrained = build_model(cfg, len(classes), device)
             start_epoch, bad_epochs, history = 0, 0, []
     log.info("training %s (%d params) on %d images (+%d val), %d classes, device %s",
              cfg.arch, count_parameters(model), n, 0 if held is None else len(held),
@@ -323,8 +307,8 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
     model.load_state_dict(load_file(str(state_dir / "best.safetensors")))
     model.eval()
     protos, center = compute_prototypes(model, labeled.images, labeled.hard_labels(),
-                                        len(classes), mean, std, device)
-    calibration = _calibrate(model, cfg, held, val is not None, mean, std, device)
+                                        len(classes), mean, std, device, flip=cfg.flip_tta)
+    calibration = calibrate_model(model, cfg, held, val is not None, mean, std, device)
     metrics: dict[str, Any] = {
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
@@ -340,7 +324,8 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
         metrics["val_loss"] = best["loss"]
         # Rows: true class, columns: predicted (the card's class order); the registry and the
         # run report read it (``omnifer models register`` carries it into ``models``).
-        metrics["val_confusion"] = _confusion(model, x_val, y_val, mean, std, len(classes))
+        metrics["val_confusion"] = confusion_matrix(model, x_val, y_val, mean, std,
+                                                    len(classes))
     if pretrained is not None:
         metrics["pretrained"] = pretrained.as_dict()
     datasets = [DatasetRef(name=train.source or "train", n=len(train), digest=train.digest())]
@@ -351,7 +336,8 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
                             role="extra") for i, e in enumerate(extra)]
     card = ModelCard(
         arch=cfg.arch, arch_kwargs=cfg.arch_kwargs, classes=list(classes), input_size=size,
-        mean=mean, std=std, embedding_dim=int(protos.shape[1]), train_datasets=datasets,
+        mean=mean, std=std, embedding_dim=int(protos.shape[1]), hflip=cfg.hflip,
+        flip_tta=cfg.flip_tta, train_datasets=datasets,
         metrics=metrics, seed=cfg.seed, config=cfg.model_dump(mode="json"),
         temperature=calibration["temperature"], calibration=calibration,
     )
@@ -360,71 +346,6 @@ def _train(train: LabeledData, cfg: TrainConfig, out: Path, val: LabeledData | N
                  history, True)
     log.info("saved %s: %s", out, {k: v for k, v in metrics.items() if k != "history"})
     return card
-
-
-def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[
-    torch.nn.Module, torch.optim.Optimizer, Any
-]:
-    """(model, optimizer, pretrained load report or None), seeded by ``cfg.seed``.
-
-    Parameter groups: weights with decay, biases/norms without; with ``backbone_lr_scale``
-    < 1 each again split into backbone and head (``base_lr`` per group, which the schedule
-    scales). Frozen parameters are left out.
-    """
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, num_classes, **cfg.arch_kwargs)
-    report = None
-    if cfg.pretrained:
-        from omnifer.models.weights import load_pretrained
-
-        report = load_pretrained(model, cfg.pretrained, cfg.arch, cfg.pretrained_color)
-    if cfg.freeze_stages:
-        if not hasattr(model, "freeze_stages"):
-            raise ConfigError(f"{cfg.arch} has no stages to freeze (freeze_stages works with "
-                              "resnet* and iresnet*)")
-        try:
-            model.freeze_stages(cfg.freeze_stages)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    model = model.to(device)
-    head = getattr(model, "head_name", "head") + "."
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.backbone_lr_scale == 1:
-        parts = [(named, 1.0)]
-    else:
-        parts = [([(n, p) for n, p in named if not n.startswith(head)], cfg.backbone_lr_scale),
-                 ([(n, p) for n, p in named if n.startswith(head)], 1.0)]
-    params = []
-    for mine, scale in parts:
-        for decay in (True, False):
-            group = [p for _, p in mine if (p.ndim > 1) == decay]
-            if group:
-                params.append({"params": group, "base_lr": cfg.lr * scale,
-                               "weight_decay": cfg.weight_decay if decay else 0.0})
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return model, opt, report
-
-
-def _calibrate(model: torch.nn.Module, cfg: TrainConfig, held: LabeledData | None,
-               given_val: bool, mean: list[float], std: list[float],
-               device: torch.device) -> dict[str, Any]:
-    """The card's ``calibration``: a temperature fitted on the validation split (or why not)."""
-    from omnifer.models import calibration
-
-    if not cfg.calibrate:
-        return calibration.skipped("calibrate: false")
-    if held is None:
-        return calibration.skipped("no validation split")
-    if len(held) < calibration.MIN_IMAGES:
-        return calibration.skipped(f"{len(held)} validation images < {calibration.MIN_IMAGES}")
-    z = calibration.torch_view_logits(model, held.images, mean, std, device)
-    split = "val" if given_val else f"val ({cfg.val_fraction:g} of train)"
-    result = calibration.calibrate(z, held.hard_labels(), split)
-    log.info("calibration: %s", result.line())
-    return result.model_dump()
 
 
 def _write_state(state_dir: Path, fingerprint: str, epoch: int, best: dict[str, Any],
