@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=128)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--only", choices=["bare", "flow"], default=None)
+    ap.add_argument("--dask", action="store_true", help="Also: thread runner vs a Dask "
+                    "LocalCluster on the same files (benchmarks/ingest_dask.py)")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -306,6 +308,10 @@ def main() -> None:
           "CPU ms/img: user + system CPU per image of the measuring process(es) (the flow's "
           "Prefect API server, another process, is not counted); less sensitive than img/s "
           "to load from elsewhere on a shared machine.")
+    if args.dask:  # issue 18; self-contained in benchmarks/ingest_dask.py
+        from ingest_dask import dask_comparison
+
+        dask_comparison(world, model, work, max(args.workers), args.shard_size)
 
 
 if __name__ == "__main__":

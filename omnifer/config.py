@@ -136,7 +136,7 @@ class IngestSettings(BaseModel):
     # that fills the frame (a tight crop) is found with every detector. Recorded in each row's
     # detector_version.
     detect_scale: Literal["auto", "full"] = "auto"
-    refine_px: int = Field(160, ge=32, le=512)
+    refine_px: int | None = Field(None, ge=32, le=512)  # None: the detector's own
     whole_frame: bool = True
     shard_size: int = Field(256, ge=1)
     workers: int = Field(2, ge=1)

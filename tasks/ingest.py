@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from omnifer.catalog import DataCatalog, compaction
 from omnifer.curation.curated import CuratedResult, DedupApplied, select_curated
 from omnifer.curation.selection import SelectionPolicy
+from omnifer.errors import OmniferError
 from omnifer.pipeline import ingest
 from tasks.logging import attach_prefect_logger
 from tasks.worker import prepare_dask_worker
@@ -49,7 +50,13 @@ def shard_task(
     logger = get_run_logger()
     worker = prepare_dask_worker(catalog, run_id, logger)
     # On Dask, the plan's other shards run in other processes: claim content in the catalog.
-    result = ingest.process_shard(catalog, plan, shard, run_id, shared_claims=worker is not None)
+    try:
+        result = ingest.process_shard(catalog, plan, shard, run_id,
+                                      shared_claims=worker is not None)
+    except OmniferError as exc:
+        if worker:  # which machine lacks a model file or a credential
+            exc.args = (f"on Dask worker {worker}: {exc}",)
+        raise
     if worker and not result.skipped:
         logger.info("shard %s: %d images, %d faces in %.1f s on %s (pid %d)", shard.shard_id,
                     result.images, result.faces, result.seconds, worker, os.getpid())

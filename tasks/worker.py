@@ -1,7 +1,8 @@
 """What a shard task does first when it runs on a Dask worker (a process that shares nothing).
 
-* Once per worker process: cap glibc's malloc arenas (see ``omnifer.heap``) and say in the
-  flow run's log which worker this is. Detectors and models are then loaded on the first
+* Once per worker process: cap glibc's malloc arenas and undo the mmap threshold that Dask's
+  ``MALLOC_TRIM_THRESHOLD_`` freezes (see ``omnifer.heap``), and say in the flow run's log
+  which worker this is. Detectors and models are then loaded on the first
   shard and kept for the life of the process (``omnifer.ingest.WorkerResources``), so a
   worker loads them once, not once per task; model files come from the worker's own
   ``OMNIFER_HOME`` (or its ``OMNIFER_MODEL_MIRROR``) and the catalog's model store.
@@ -56,6 +57,7 @@ def prepare_dask_worker(catalog: DataCatalog, run_id: str, logger: Any) -> str |
         first = pid not in _prepared
         if first:
             heap.limit_arenas(max(2, int(getattr(worker.state, "nthreads", 1) or 1)))
+            heap.keep_large_blocks()  # undo what Dask's MALLOC_TRIM_THRESHOLD_ costs
             _prepared.add(pid)
     if first:
         logger.info("Dask worker %s (host %s, pid %d) takes shards of this run",

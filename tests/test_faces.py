@@ -137,3 +137,168 @@ def test_face_id_is_stable_and_rounded() -> None:
     assert fid != face_id(sha, [12, 20, 110, 130])
     assert fid != face_id("cd" * 32, [10, 20, 110, 130])
     assert face_id(sha, [-0.3, 0, 1, 1]) == face_id(sha, [0.3, 0, 1, 1])  # no "-0"
+
+
+# -- where and at what scale to look (omnifer.faces.FaceFinder) ------------------------------
+@pytest.fixture(scope="module")
+def scenes() -> list[tuple[np.ndarray, list]]:
+    """Demo-world scene photos with the truth of every face (box, landmarks): seeded."""
+    from omnifer.synth import render_scene
+
+    return [render_scene(11, i) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def real_faces(astronaut: np.ndarray, group: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 8 faces of the photos installed packages ship (box from full-scale YuNet)."""
+    import cv2
+    import matplotlib
+
+    hopper = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" /
+                            "grace_hopper.jpg"))
+    finder = create_detector("yunet", scale="full", whole_frame=False)
+    out = [(image, d.bbox) for image in (astronaut, hopper, group) for d in finder.detect(image)]
+    assert len(out) == 8
+    return out
+
+
+def _tight_crops(scenes, real_faces) -> list[np.ndarray]:
+    """Crops where one face fills the frame: truth box (plus 0-30 % margin) of demo-world and
+    real faces resized to 64-400 px wide, and the demo world's own aligned 112 px faces."""
+    import cv2
+
+    from omnifer.synth import render_labeled
+
+    boxed = [(img, f.box) for img, faces in scenes[:8] for f in faces] + list(real_faces)
+    crops = []
+    for k, (image, box) in enumerate(boxed):
+        margin = (0.0, 0.15, 0.3)[k % 3]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        hw, hh = (x2 - x1) * (1 + margin) / 2, (y2 - y1) * (1 + margin) / 2
+        crop = image[max(0, round(cy - hh)):round(cy + hh), max(0, round(cx - hw)):round(cx + hw)]
+        for width in (64, 112, 250, 400):
+            crops.append(cv2.resize(crop, (width, round(width * crop.shape[0] / crop.shape[1])),
+                                    interpolation=cv2.INTER_AREA))
+    for i in range(12):
+        aligned, _ = render_labeled(11, "train", i + 1, "happy")
+        crops += [aligned, cv2.resize(aligned, (224, 224), interpolation=cv2.INTER_CUBIC)]
+    return crops
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_tight_crops_give_their_one_face(name: str, scenes, real_faces, omnifer_home: Path
+                                         ) -> None:
+    """A face that fills the frame is found with every detector (issue 16): SCRFD found none
+    in such crops before the whole-frame pass (its scores collapse for faces over ~40 % of
+    its input); now >= 97 % of crops give exactly one face, whatever the detection scale."""
+    crops = _tight_crops(scenes, real_faces)
+    for scale in ("auto", "full"):
+        finder = create_detector(name, model_home=omnifer_home, scale=scale)
+        counts = [len(detect_and_align(c, finder)) for c in crops]
+        share = counts.count(1) / len(counts)
+        print(f"{name} {scale}: {counts.count(1)}/{len(counts)} crops give one face")
+        if scale == "auto" or name == "yunet":
+            assert share >= 0.97, (scale, counts)
+        for c, n in zip(crops, counts, strict=True):  # what is found lies on the crop
+            if n == 1:
+                d = finder.detect(c)[0]
+                _check([d], c)
+    if name == "scrfd":  # the behaviour this replaces: no padding, SCRFD's own 640 input
+        before = create_detector(name, model_home=omnifer_home, scale="full", whole_frame=False)
+        assert sum(len(before.detect(c)) == 1 for c in crops) / len(crops) < 0.5
+
+
+def _landmark_errors(finder, scenes) -> tuple[int, int, list[float]]:
+    """(true faces, found with IoU >= 0.5, landmark errors over the inter-ocular distance)."""
+    found, n, errors = 0, 0, []
+    for image, faces in scenes:
+        dets = detect_and_align(image, finder)
+        for f in faces:
+            n += 1
+            best = max(dets, key=lambda a: _iou(a.detection.bbox, f.box), default=None)
+            if best is None or _iou(best.detection.bbox, f.box) < 0.5:
+                continue
+            found += 1
+            iod = float(np.linalg.norm(f.landmarks5[0] - f.landmarks5[1]))
+            dist = np.linalg.norm(best.detection.landmarks5 - f.landmarks5, axis=1)
+            errors.append(float(dist.mean()) / iod)
+    return n, found, errors
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_scale_aware_detection_keeps_faces_and_landmarks_for_fewer_pixels(
+    name: str, scenes, real_faces, omnifer_home: Path
+) -> None:
+    """``scale="auto"`` (issue 22) finds the faces full-scale detection finds, in the demo
+    world and in real photos, with landmarks as good (median error vs the true landmarks
+    within 2 points of the inter-ocular distance on this small sample; the benchmark's
+    2 000 scenes hold it to 1), while its network sees well under half the pixels; the
+    choice is in the provenance."""
+    finders = {s: create_detector(name, model_home=omnifer_home, scale=s) for s in
+               ("full", "auto")}
+    pixels = {}
+    for scale, finder in finders.items():
+        seen = []
+        raw = finder.backend.detect_raw
+
+        def counting(image: np.ndarray, threshold: float, raw=raw, seen=seen) -> list:
+            seen.append(image.shape[0] * image.shape[1])
+            return raw(image, threshold)
+
+        finder.backend.detect_raw = counting
+        n, found, errors = _landmark_errors(finder, scenes)
+        pixels[scale] = sum(seen)
+        print(f"{name} {scale}: {found}/{n} faces, median landmark error "
+              f"{np.median(errors):.4f}, {sum(seen) / len(scenes):.0f} px per image")
+        assert found == n
+        if scale == "full":
+            full_error = float(np.median(errors))
+        else:
+            assert float(np.median(errors)) <= full_error + 0.02
+    assert pixels["auto"] < 0.5 * pixels["full"]
+    for image in {id(img): img for img, _ in real_faces}.values():
+        assert len(finders["auto"].detect(image)) == len(finders["full"].detect(image))
+    assert "scale=auto" in finders["auto"].version
+    assert "scale=full" in finders["full"].version
+    assert finders["auto"].version.startswith(finders["auto"].backend.version)
+
+
+def test_detection_scale_follows_the_smallest_kept_face(omnifer_home: Path) -> None:
+    """The main pass shrinks an image so that a face of ``min_face_size`` lands at the size
+    the backend still finds, never enlarges it, and obeys ``max_side``."""
+    finder = create_detector("yunet", model_home=omnifer_home, min_face_size=32)
+    sees = finder.backend.min_face_px
+    assert finder.detection_scale(480, 640) == pytest.approx(sees / 32)
+    bigger = create_detector("yunet", model_home=omnifer_home, min_face_size=64)
+    assert bigger.detection_scale(480, 640) == pytest.approx(sees / 64)
+    tiny = create_detector("yunet", model_home=omnifer_home, min_face_size=8)
+    assert tiny.detection_scale(480, 640) == 1.0
+    assert tiny.detection_scale(3000, 4000) == pytest.approx(1280 / 4000)
+    full = create_detector("yunet", model_home=omnifer_home, scale="full")
+    assert full.detection_scale(480, 640) == 1.0
+    with pytest.raises(ValueError, match="scale must be"):
+        create_detector("yunet", model_home=omnifer_home, scale="half")  # type: ignore[arg-type]
+
+
+def test_ingest_settings_choose_the_detection_scale(omnifer_home: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ingest.detect_scale`` reaches the worker's detector (and so each row's
+    ``detector_version``); a bad value is one clear ConfigError."""
+    from omnifer import ingest
+    from omnifer.config import load_settings
+    from omnifer.errors import ConfigError
+
+    assert load_settings().ingest.detect_scale == "auto"
+    monkeypatch.setenv("OMNIFER_INGEST__DETECT_SCALE", "full")
+    settings = load_settings().ingest
+    fields = set(ingest.IngestParams.model_fields)
+    params = ingest.IngestParams(**settings.model_dump(include=fields), model_version="v0",
+                                 model_uri="unused")
+    assert "scale=full" in ingest.WorkerResources.detector(params).version
+    auto = params.model_copy(update={"detect_scale": "auto"})
+    assert auto.fingerprint() != params.fingerprint()
+    assert "scale=auto" in ingest.WorkerResources.detector(auto).version
+    monkeypatch.setenv("OMNIFER_INGEST__DETECT_SCALE", "half")
+    with pytest.raises(ConfigError, match="detect_scale"):
+        load_settings()

@@ -156,6 +156,23 @@ def test_import_onnx_refuses_bad_files_in_one_line_and_works_without_embeddings(
     assert policy.min_similarity is None and "no embeddings" in policy.note
     assert select_samples(table, policy).num_rows == 5
     assert '"note"' not in SelectionPolicy().to_json()  # unchanged text without a note
+    # The model commands take the ONNX checkpoint folder like any other.
+    import cv2
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "faces"
+    for i, crop in enumerate(crops):
+        (folder / card.classes[i % 2]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / card.classes[i % 2] / f"{i}.png"), crop)
+    ckpt = registry.local_checkpoint(uri, version)
+    _cli("score", "--model", ckpt, "--images", folder, "--out", tmp_path / "s.parquet")
+    scored = pq.read_table(tmp_path / "s.parquet")
+    assert scored.num_rows == 5 and scored["similarity"].null_count == 5
+    out = _cli("select", "--scores", tmp_path / "s.parquet", "--out", tmp_path / "c.parquet",
+               "--min-confidence", "0", "--min-similarity", "0.5", "--no-require-flip")
+    kept = pq.read_table(tmp_path / "c.parquet")
+    assert kept.num_rows == 5 and "no embeddings" in json.loads(kept["policy"][0].as_py())["note"]
+    assert "ECE" in _cli("evaluate", "--model", ckpt, "--data", folder)
     # A second import under a registered version is refused before anything is written.
     assert "already registered" in _cli(*_import_args(dynamic, "v2", card, "--input-size",
                                                       "24"), code=3)
@@ -198,6 +215,7 @@ def torchvision_resnet18_state_dict(num_classes: int = 1000, seed: int = 0) -> d
     return sd
 
 
+@pytest.mark.slow
 def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     tmp_path: Path, small_world: Path
 ) -> None:
@@ -210,8 +228,8 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     wrapped = tmp_path / "resnet18-ckpt.pth"
     torch.save({"epoch": 90, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, wrapped)
     train = read_rafdb(small_world / "labeled", "train")
-    cfg = TrainConfig(arch="resnet18", pretrained=str(wrapped), input_size=32, epochs=3,
-                      batch_size=16, lr=3e-3, freeze_stages=2, backbone_lr_scale=0.1,
+    cfg = TrainConfig(arch="resnet18", pretrained=str(wrapped), input_size=32, epochs=2,
+                      batch_size=32, lr=3e-3, freeze_stages=2, backbone_lr_scale=0.1,
                       val_fraction=0, patience=0, threads=2, seed=0)
     card = train_model(train, cfg, tmp_path / "m")
     pre = card.metrics["pretrained"]
@@ -219,6 +237,11 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     assert pre["missing"] == [] and pre["unexpected"] == []
     assert pre["head"] == ["fc.bias", "fc.weight"]
     assert card.mean == [0.406, 0.456, 0.485]  # ImageNet's, in the pipeline's BGR order
+    from omnifer.models import card_lines
+
+    line = card_lines(card)[0]  # what `omnifer train` prints
+    assert "loaded 120 of 120 tensors of resnet18" in line and "missing: none" in line
+    assert "head replaced (fc.bias, fc.weight)" in line and "stripped 'module.'" in line
 
     weights = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert weights["fc.weight"].shape == (7, 512)  # head replaced for the 7 classes
@@ -284,6 +307,40 @@ def test_temperature_fit_recovers_a_planted_temperature() -> None:
     cal = calibrate(logits, labels, "synthetic")
     assert cal.temperature == pytest.approx(2.5, rel=0.1)
     assert cal.ece_after < cal.ece_before and cal.nll_after < cal.nll_before
+
+
+@pytest.mark.slow
+def test_calibration_lowers_ece_on_the_demo_world_test_split(tmp_path: Path) -> None:
+    """The demo world's labeled faces (world seed 7, 40 train per class); its test faces split
+    in two: a validation half (early stopping and the temperature fit) and a test half.
+    Label smoothing leaves the raw model under-confident; the fitted temperature, stored in
+    the card and applied by the scorer, brings the test split's ECE down."""
+    from omnifer.models.calibration import expected_calibration_error
+    from omnifer.synth import generate_world
+    from omnifer.train import TrainConfig, train_model
+
+    generate_world(tmp_path / "world", seed=7, labeled_per_class=40, test_per_class=60,
+                   unlabeled_images=0, workers=1)
+    train = read_rafdb(tmp_path / "world" / "labeled", "train", size=48)
+    held = read_rafdb(tmp_path / "world" / "labeled", "test", size=48)
+    idx = np.arange(len(held))
+    val, test = held.subset(idx[idx % 2 == 0]), held.subset(idx[idx % 2 == 1])
+    card = train_model(train, TrainConfig(input_size=48, epochs=12, patience=0, seed=0),
+                       tmp_path / "m", val=val)
+    cal = card.calibration
+    assert cal["n"] == len(val) and cal["split"] == "val" and card.temperature < 1
+    assert cal["nll_after"] < cal["nll_before"]
+
+    model = load_checkpoint(tmp_path / "m")
+    y = test.remapped(model.classes).hard_labels()
+    raw = Scorer(model, calibrated=False).score(test.images)
+    calibrated = Scorer(model).score(test.images)
+    assert (raw.label == calibrated.label).mean() > 0.95  # flip TTA: rarely a class changes
+    before = expected_calibration_error(raw.probs, y)
+    after = expected_calibration_error(calibrated.probs, y)
+    print(f"test ECE {before:.3f} -> {after:.3f} (T {card.temperature:.3f}, accuracy "
+          f"{(raw.label == y).mean():.3f})")
+    assert after < 0.8 * before
 
 
 # -- any model kind through the nightly flow ---------------------------------------------------

@@ -37,7 +37,7 @@ class IngestParams(BaseModel):
     max_side: int = 1280
     # Detection scale (omnifer.faces.detectors): "auto" | "full", refinement size, frame pass
     detect_scale: str = "auto"
-    refine_px: int = 160
+    refine_px: int | None = None
     whole_frame: bool = True
     max_pixels: int = 40_000_000
     max_bytes: int = 50_000_000

@@ -306,6 +306,11 @@ def evaluate_cmd(
                 title=f"{model} on {data} ({split})")
     console.print(f"accuracy {m['accuracy']:.4f}   mean per-class accuracy "
                   f"{m['mean_class_accuracy']:.4f}   n={m['n']}")
+    from omnifer.models.calibration import evaluate_calibration
+
+    cal = evaluate_calibration(loaded, test, split)  # raw vs the card's temperature
+    m["calibration"] = cal.model_dump()
+    console.print(f"calibration: {cal.line()}", highlight=False, soft_wrap=True)
     if json_out:
         json_out.write_text(json.dumps(m, indent=2, sort_keys=True))
 

@@ -60,21 +60,26 @@ log = logging.getLogger(__name__)
 
 ScaleMode = Literal["auto", "full"]
 
-REFINE_CONTEXT = 1.2
-"""Side of the refinement crop, in face-box sides (the face plus ~30 % context each side)."""
-FRAME_SIDE = 48
-"""Long side (px) of the image in the whole-frame pass; the canvas is twice that."""
+FRAME_SIDE = 64
+"""Long side (px) of the image in the whole-frame pass."""
+FRAME_CANVAS = 128
+"""Side (px) of the whole-frame pass's square canvas (the image in its middle, black around)."""
 FRAME_MIN_SHARE = 0.3
-"""Whole-frame faces smaller than this share of the image's shorter side are left to the main
-pass (at a thumbnail's resolution they are duplicates or guesses)."""
-CANDIDATE_SCORE_FACTOR = 0.5
-"""A shrunken pass keeps candidates down to this share of the score threshold (0.3 for the
-default 0.6): small faces score lower, and the refinement, at face resolution, gives the score
-that is compared with the threshold. YuNet at 0.3 finds 97 % of 14-16 px demo-world faces (90 %
-at 0.6) and ~0.04 false candidates per image, each costing one refinement."""
+"""The whole-frame pass looks for faces at least this share of the image's shorter side (at a
+thumbnail's resolution smaller ones are the main pass's, or guesses), and is skipped when the
+main pass found one already."""
+CANDIDATE_SCORE_FACTOR = 1 / 3
+"""A shrunken pass keeps candidates down to this share of the score threshold (0.2 for the
+default 0.6): small faces score lower, and a second look at face resolution decides. On the
+demo world YuNet at 0.2 finds 97 % of 14-16 px faces (90 % at 0.6), with ~0.1 false
+candidates per image, each costing one refinement."""
 REFINE_MIN_IOU = 0.3
-REFINE_UPSCALE = True
 """A refined face must overlap its candidate at least this much to replace it."""
+LAST_LOOK_PX = 128
+"""A candidate still below the score threshold after its refinement gets one more look with
+the face this large, when that is larger than ``refine_px`` (SCRFD scores some faces of tight
+crops too low at 64 px: 95.8 % of the test crops kept one face, 98.9 % with this). Only
+borderline candidates pay for it."""
 
 
 @dataclass(frozen=True, eq=False)  # arrays inside: compare fields explicitly, not with ==
@@ -112,16 +117,21 @@ class FaceDetector(Protocol):
 class DetectorBackend(Protocol):
     """What every registered detector provides.
 
-    ``min_face_px``: box side (px, at the network's input) from which the network finds
-    ~90 % of faces or more, measured on the demo world (``README``, *Face detection*);
-    :class:`FaceFinder` uses it to choose the detection scale. ``full_side``: the long side
-    ``scale="full"`` detects at when the model has an input size of its own (else None:
-    the image's own, up to ``max_side``).
+    Measured properties :class:`FaceFinder` plans with (demo world; README, *Face
+    detection*): ``min_face_px``, the face width (px at the network's input) from which it
+    finds ≥ 97 % of faces as candidates (score ≥ half the threshold); ``refine_px``, the face
+    size (longer box side) from which its landmarks are as good as they get;
+    ``refine_context``, the crop side around a face it needs, in face sizes (SCRFD's scores
+    collapse when a face fills more than ~40 % of its input). ``full_side``: the long side
+    ``scale="full"`` detects at when the model has an input size of its own (else None: the
+    image's own, up to ``max_side``).
     """
 
     name: str
     version: str
     min_face_px: float
+    refine_px: int
+    refine_context: float
     full_side: int | None
 
     def detect_raw(self, image_bgr: np.ndarray, score_threshold: float) -> list[Detection]:
@@ -170,7 +180,7 @@ def create_detector(
     top_k: int = 5000,
     scale: ScaleMode = "auto",
     min_face_size: int = 32,
-    refine_px: int = 160,
+    refine_px: int | None = None,
     whole_frame: bool = True,
 ) -> FaceFinder:
     """A ready detector; raises ModelFileError (one clear line) when its weights are missing.
@@ -253,9 +263,10 @@ class FaceFinder:
     """Any backend, run at the resolution(s) the faces need (see the module docstring).
 
     ``scale``: ``"auto"`` searches at ``min(1, backend.min_face_px / min_face_size)`` of the
-    image (also bounded by ``max_side``) and refines every face at ``refine_px``;
-    ``"full"`` searches at full resolution up to ``max_side`` (SCRFD: long side 640) and
-    refines only faces from the whole-frame pass. ``whole_frame``: also search a padded
+    image (also bounded by ``max_side``) and detects again, at ``refine_px`` (default: the
+    backend's own), every face it saw smaller than that; ``"full"`` searches at full
+    resolution up to ``max_side`` (SCRFD: long side 640), as before scale-aware detection,
+    and refines only faces from the whole-frame pass. ``whole_frame``: also search a padded
     thumbnail of the whole image for faces that fill the frame. Every choice is in
     :attr:`version`, which the pipeline stores as each face's ``detector_version``.
     """
@@ -267,7 +278,7 @@ class FaceFinder:
         max_side: int = 1280,
         scale: ScaleMode = "auto",
         min_face_size: int = 32,
-        refine_px: int = 160,
+        refine_px: int | None = None,
         whole_frame: bool = True,
     ) -> None:
         if scale not in ("auto", "full"):
@@ -278,12 +289,12 @@ class FaceFinder:
         self.max_side = max_side
         self.scale = scale
         self.min_face_size = min_face_size
-        self.refine_px = refine_px
+        self.refine_px = refine_px or backend.refine_px
         self.whole_frame = whole_frame
         parts = [backend.version]
         if scale == "auto":
-            parts.append(f"scale=auto:{min_face_size}px->{backend.min_face_px:g}px"
-                         f":refine{refine_px}px")
+            parts.append(f"scale=auto:{min_face_size}px@{backend.min_face_px:g}px"
+                         f":refine{self.refine_px}px")
         else:
             parts.append(f"scale=full:{backend.full_side or max_side}px")
         if whole_frame:
@@ -314,32 +325,34 @@ class FaceFinder:
         coarse = s < 1 and self.scale == "auto"
         thr = self.score_threshold * (CANDIDATE_SCORE_FACTOR if coarse else 1.0)
         small, sx, sy = _resize(image_bgr, s)
-        main = [_map_back(d, sx, sy) for d in self.backend.detect_raw(small, thr)]
-        frame: list[Detection] = []
-        if self.whole_frame and not any(d.size >= 0.5 * min(h, w) for d in main):
-            frame = [d for d in self._whole_frame(small, sx, sy, min(h, w))
-                     if all(_iou(d.bbox, m.bbox) <= 0.3 for m in main)]
-        found: list[Detection] = []
-        for d in main:
-            found.append(self._refine(image_bgr, d) if coarse else d)
-        for d in frame:
-            found.append(self._refine(image_bgr, d))
-        return _nms([d for d in found if d is not None and d.score >= self.score_threshold],
-                    0.4)
+        found = [_map_back(d, sx, sy) for d in self.backend.detect_raw(small, thr)]
+        if coarse:
+            found = [self._verify(image_bgr, d) if _side(d) * s < self.refine_px else d
+                     for d in found]
+        found = [d for d in found if d is not None and d.score >= self.score_threshold]
+        short = min(h, w)
+        if self.whole_frame and not any(d.size >= FRAME_MIN_SHARE * short for d in found):
+            src, fx, fy = (small, sx, sy) if max(small.shape[:2]) >= FRAME_SIDE else (
+                image_bgr, 1.0, 1.0)
+            for d in self._whole_frame(src, fx, fy, short):
+                if all(_iou(d.bbox, f.bbox) <= 0.3 for f in found):
+                    v = self._verify(image_bgr, d)
+                    if v is not None and v.score >= self.score_threshold:
+                        found.append(v)
+        return _nms(found, 0.4)
 
     def _whole_frame(self, small: np.ndarray, sx: float, sy: float,
                      short_side: int) -> list[Detection]:
-        """Candidates from the image shrunk to ``FRAME_SIDE`` in a canvas twice its size.
+        """Candidates from the image shrunk to ``FRAME_SIDE`` in a ``FRAME_CANVAS`` canvas.
 
-        ``small`` is the main pass's image (the original scaled by ``sx``, ``sy``): shrinking
-        it again is cheaper than shrinking the original.
+        ``small`` is the original scaled by ``sx``, ``sy`` (the main pass's image when it is at
+        least ``FRAME_SIDE``: shrinking it again is cheaper than shrinking the original).
         """
         thumb, tx, ty = _resize(small, FRAME_SIDE / max(small.shape[:2]))
         th, tw = thumb.shape[:2]
-        side = 2 * FRAME_SIDE
-        canvas = np.zeros((side, side, 3), np.uint8)
+        side = FRAME_CANVAS
         ox, oy = (side - tw) // 2, (side - th) // 2
-        canvas[oy:oy + th, ox:ox + tw] = thumb
+        canvas = _pad(thumb, oy, side - oy - th, ox, side - ox - tw)
         out = []
         for d in self.backend.detect_raw(canvas, self.score_threshold * CANDIDATE_SCORE_FACTOR):
             d = _map_back(d, sx * tx, sy * ty, ox, oy)
@@ -347,17 +360,28 @@ class FaceFinder:
                 out.append(d)
         return out
 
-    def _refine(self, image: np.ndarray, cand: Detection) -> Detection | None:
-        """``cand`` detected again on a crop where the face is ~``refine_px`` pixels.
+    def _verify(self, image: np.ndarray, cand: Detection) -> Detection | None:
+        """``cand`` refined at ``refine_px``, and once more at ``LAST_LOOK_PX`` when it is
+        still below the threshold (see :meth:`_refine`); None when it stays below."""
+        out = self._refine(image, cand, self.refine_px)
+        if (out is None or out.score < self.score_threshold) and LAST_LOOK_PX > self.refine_px:
+            out = self._refine(image, cand, LAST_LOOK_PX)
+        return out
 
-        Returns the refined detection, else ``cand`` itself, or None when nothing at face
-        resolution confirms a candidate that is below the score threshold.
+    def _refine(self, image: np.ndarray, cand: Detection, px: int) -> Detection | None:
+        """``cand`` detected again on a crop around it where it is ``px`` pixels (its longer
+        box side; enlarged or shrunk), with the backend's ``refine_context`` face sizes of
+        context (black beyond the image).
+
+        Returns the box and landmarks found there with the better of the two scores (two
+        looks at one face); ``cand`` itself when nothing there overlaps it, or None when,
+        moreover, ``cand`` is below the score threshold.
         """
         h, w = image.shape[:2]
+        side = _side(cand)
+        r = px / side
+        half = self.backend.refine_context * side / 2
         x1, y1, x2, y2 = (float(v) for v in cand.bbox)
-        side = max(x2 - x1, y2 - y1, 1.0)
-        r = self.refine_px / side if REFINE_UPSCALE else min(1.0, self.refine_px / side)
-        half = REFINE_CONTEXT * side / 2
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         # the crop window in image pixels (whole pixels), then its part inside the image
         wx0, wy0 = math.floor(cx - half), math.floor(cy - half)
@@ -370,18 +394,31 @@ class FaceFinder:
         left, top = round((ix0 - wx0) * sx), round((iy0 - wy0) * sy)
         cw = _round_up(round((wx1 - wx0) * sx), 32)
         ch = _round_up(round((wy1 - wy0) * sy), 32)
-        canvas = np.zeros((ch, cw, 3), np.uint8)
         ph, pw = min(inside.shape[0], ch - top), min(inside.shape[1], cw - left)
-        canvas[top:top + ph, left:left + pw] = inside[:ph, :pw]
+        canvas = _pad(inside[:ph, :pw], top, ch - top - ph, left, cw - left - pw)
         best, best_iou = None, REFINE_MIN_IOU
-        for d in self.backend.detect_raw(canvas, self.score_threshold * 0.5):
+        thr = self.score_threshold * CANDIDATE_SCORE_FACTOR
+        for d in self.backend.detect_raw(canvas, thr):
             d = _map_back(d, sx, sy, left - ix0 * sx, top - iy0 * sy)
             overlap = _iou(d.bbox, cand.bbox)
             if overlap >= best_iou:
                 best, best_iou = d, overlap
         if best is not None:
-            return best
+            return Detection(best.bbox, best.landmarks5, max(best.score, cand.score))
         return cand if cand.score >= self.score_threshold else None
+
+
+BORDER = cv2.BORDER_CONSTANT
+
+
+def _pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """``image`` with a black border of the given widths (px)."""
+    return cv2.copyMakeBorder(image, top, bottom, left, right, BORDER, value=(0, 0, 0))
+
+
+def _side(d: Detection) -> float:
+    """Longer side of a detection's box (px), at least 1."""
+    return max(float(d.bbox[2] - d.bbox[0]), float(d.bbox[3] - d.bbox[1]), 1.0)
 
 
 def _round_up(value: int, step: int) -> int:
@@ -395,7 +432,9 @@ class YuNetDetector:
 
     name = "yunet"
     version = "yunet-2023mar"
-    min_face_px = 14.0  # demo world, candidates ≥ 0.3: 97 % of 14-16 px faces found
+    min_face_px = 14.0
+    refine_px = 160
+    refine_context = 1.2
     full_side = None
 
     def __init__(
@@ -450,7 +489,9 @@ class ScrfdDetector:
 
     name = "scrfd"
     version = "scrfd-500m"
-    min_face_px = 12.0  # demo world, see README
+    min_face_px = 20.0
+    refine_px = 64
+    refine_context = 2.5
     full_side = 640  # "full" = what insightface does: the long side letterboxed to 640
     MAX_SHAPES = 24
 

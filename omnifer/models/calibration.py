@@ -2,13 +2,18 @@
 
 Method: temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML
 2017): one scalar ``T`` divides every logit before the softmax; it is fitted by minimising the
-negative log-likelihood on a held-out labeled split and never changes the predicted class.
-Here the probabilities that scoring emits are flip-TTA averages, so ``T`` is fitted on exactly
-those: ``p = mean_v softmax(z_v / T)`` over the views ``v`` (image, flipped image).
+negative log-likelihood on a held-out labeled split. Here the probabilities that scoring emits
+are flip-TTA averages, so ``T`` is fitted on exactly those: ``p = mean_v softmax(z_v / T)``
+over the views ``v`` (image, flipped image). For one view ``T`` never changes the predicted
+class; for the average of two it can, rarely, when the views disagree.
 
 ECE (Naeini et al., AAAI 2015; Guo et al. 2017): confidences binned into ``n_bins`` equal-width
 bins, ``Σ_b |B_b|/N · |accuracy(B_b) − mean confidence(B_b)|``. 0 means "among faces scored
-0.8, 80 % are right". After calibration a selection threshold of ``t`` keeps faces each
+0.8, 80 % are right". On a few dozen images the binned ECE is noisy (most bins hold one or two
+faces) and can rise while the NLL and the gap between mean confidence and accuracy fall; the
+split's size is printed with it, and ``omnifer evaluate`` gives it on a test split.
+
+After calibration a selection threshold of ``t`` keeps faces each
 right with probability ≥ ``t`` (on data like the calibration split), so the kept labels'
 precision is at least about ``t``.
 
@@ -26,6 +31,7 @@ from pydantic import BaseModel
 
 T_MIN, T_MAX = 0.05, 20.0
 MIN_IMAGES = 30  # below this many labeled images a fitted temperature is mostly noise
+NOISY_BELOW = 200  # a binned ECE on fewer images is mostly noise
 
 
 class Calibration(BaseModel):
@@ -39,11 +45,19 @@ class Calibration(BaseModel):
     n: int
     split: str
     n_bins: int = 15
+    accuracy: float | None = None
+    confidence_before: float | None = None  # mean top-1 confidence
+    confidence_after: float | None = None
 
     def line(self) -> str:
+        conf = ""
+        if self.accuracy is not None:
+            conf = (f", mean confidence {self.confidence_before:.3f} -> "
+                    f"{self.confidence_after:.3f} (accuracy {self.accuracy:.3f})")
+        noisy = " (few images: the ECE is noisy)" if self.n < NOISY_BELOW else ""
         return (f"temperature {self.temperature:.3f}: ECE {self.ece_before:.3f} -> "
-                f"{self.ece_after:.3f}, NLL {self.nll_before:.3f} -> {self.nll_after:.3f} "
-                f"on {self.n} images ({self.split})")
+                f"{self.ece_after:.3f}, NLL {self.nll_before:.3f} -> {self.nll_after:.3f}{conf} "
+                f"on {self.n} images ({self.split}){noisy}")
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -114,16 +128,31 @@ def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibrate(view_logits: np.ndarray, labels: np.ndarray, split: str,
-              n_bins: int = 15) -> Calibration:
-    """Fit ``T`` on (V, N, C) ``view_logits`` with (N,) ``labels``; ECE/NLL before and after."""
+              n_bins: int = 15, temperature: float | None = None) -> Calibration:
+    """Fit ``T`` on (V, N, C) ``view_logits`` with (N,) ``labels`` (or take ``temperature``);
+    ECE, NLL and mean confidence before and after, and the accuracy."""
     labels = np.asarray(labels, np.int64)
-    t = round(fit_temperature(view_logits, labels), 6)
+    t = round(fit_temperature(view_logits, labels), 6) if temperature is None \
+        else float(temperature)
     before, after = tta_probs(view_logits, 1.0), tta_probs(view_logits, t)
     return Calibration(
         temperature=t, ece_before=expected_calibration_error(before, labels, n_bins),
         ece_after=expected_calibration_error(after, labels, n_bins),
         nll_before=nll(before, labels), nll_after=nll(after, labels), n=len(labels),
-        split=split, n_bins=n_bins)
+        split=split, n_bins=n_bins, accuracy=float((after.argmax(1) == labels).mean()),
+        confidence_before=float(before.max(1).mean()),
+        confidence_after=float(after.max(1).mean()))
+
+
+def evaluate_calibration(loaded: Any, data: Any, split: str = "test",
+                         batch_size: int = 256) -> Calibration:
+    """How calibrated a loaded model (any kind) is on labeled ``data``: its card's temperature
+    against no scaling, on the probabilities scoring emits (nothing is fitted)."""
+    from omnifer.scoring import Scorer
+
+    data = data.remapped(loaded.classes)
+    z = Scorer(loaded, batch_size=batch_size).view_logits(data.images)
+    return calibrate(z, data.hard_labels(), split, temperature=loaded.card.temperature)
 
 
 def torch_view_logits(model: Any, images: np.ndarray, mean: list[float], std: list[float],

@@ -481,7 +481,9 @@ def import_onnx(
                 files[PROTOTYPES_FILE] = sha256_file(ckpt / PROTOTYPES_FILE)
             split = data.source or "labeled"
             if temperature is not None:
-                cal = _given_temperature(view_logits, labels, temperature, split)
+                cal = calibration.calibrate(view_logits, labels, split,
+                                            temperature=temperature).model_dump()
+                cal["given"] = True
             elif len(data) >= calibration.MIN_IMAGES:
                 cal = calibration.calibrate(view_logits, labels, split).model_dump()
             else:
@@ -513,18 +515,6 @@ def import_onnx(
         registry.record_event(catalog, version, "promoted",
                               {k: v for k, v in metrics.items() if k != "split"})
     return ImportOutcome(version, uri, card, promote, notes)
-
-
-def _given_temperature(view_logits: np.ndarray, labels: np.ndarray, t: float,
-                       split: str) -> dict[str, Any]:
-    from omnifer.models import calibration
-
-    before, after = calibration.tta_probs(view_logits, 1.0), calibration.tta_probs(view_logits, t)
-    return calibration.Calibration(
-        temperature=float(t), ece_before=calibration.expected_calibration_error(before, labels),
-        ece_after=calibration.expected_calibration_error(after, labels),
-        nll_before=calibration.nll(before, labels), nll_after=calibration.nll(after, labels),
-        n=len(labels), split=split).model_dump() | {"given": True}
 
 
 # -- export (a trained torch checkpoint → ONNX) -------------------------------------------------
