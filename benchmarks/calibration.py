@@ -36,16 +36,16 @@ import numpy as np
 from _common import DEFAULT_WORK, fresh_catalog, machine, print_table
 
 from omnifer.config import load_settings
-from omnifer.datasets import LabeledData, read_rafdb
-from omnifer.evaluate import evaluate_model, pseudo_label_precision
-from omnifer.model import load_checkpoint
+from omnifer.curation.scoring import Scorer
+from omnifer.curation.selection import SelectionPolicy, adapt_policy, select_samples
+from omnifer.labeled import LabeledData, read_rafdb
 from omnifer.models.calibration import expected_calibration_error
-from omnifer.models.onnx_model import export_onnx, import_onnx
-from omnifer.registry import local_checkpoint
+from omnifer.models.checkpoints import load_checkpoint
+from omnifer.models.onnx_import import export_onnx, import_onnx
+from omnifer.models.versions import local_checkpoint
 from omnifer.retrain import with_teacher_targets
-from omnifer.scoring import Scorer
-from omnifer.selection import SelectionPolicy, adapt_policy, select_samples
-from omnifer.train import TrainConfig, train_model
+from omnifer.training.evaluate import evaluate_model, pseudo_label_precision
+from omnifer.training.train import TrainConfig, train_model
 
 WORLD_SEED = 7
 THRESHOLDS = (0.6, 0.8, 0.9)

@@ -157,7 +157,7 @@ def rule_quality(copy_scenes: int, seed: int = 31) -> None:
     """Part 3."""
     import cv2
 
-    from omnifer.config import DedupSettings
+    from omnifer.config_sections import DedupSettings
     from omnifer.curation.hashing import (
         BandIndex,
         face_hash,

@@ -237,11 +237,11 @@ def _malloc_probe(world: str, model: str, keep_mib: str) -> None:
 
     from omnifer import heap
     from omnifer.config import load_settings
-    from omnifer.decode import decode_image
+    from omnifer.curation.scoring import Scorer
     from omnifer.errors import DecodeError
     from omnifer.faces import create_detector, detect_and_align
-    from omnifer.model import load_checkpoint
-    from omnifer.scoring import Scorer
+    from omnifer.imaging.decode import decode_image
+    from omnifer.models.checkpoints import load_checkpoint
 
     if keep_mib != "-":
         heap.keep_large_blocks(int(keep_mib), 2 * int(keep_mib))

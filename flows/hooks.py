@@ -22,8 +22,7 @@ def end_run_record(flow: Any, flow_run: Any, state: Any) -> None:
 
     Never raises: a catalog that cannot be written must not hide the flow's own error.
     """
-    from omnifer.catalog import runs
-    from omnifer.catalog import DataCatalog
+    from omnifer.catalog import DataCatalog, runs
 
     try:
         params = {k: v for k, v in dict(flow_run.parameters or {}).items()

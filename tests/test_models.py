@@ -14,13 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from omnifer import registry
 from omnifer.catalog import DataCatalog
-from omnifer.datasets import read_rafdb
+from omnifer.curation.scoring import Scorer
+from omnifer.curation.selection import SelectionPolicy, adapt_policy, select_samples
 from omnifer.errors import ModelFileError, OmniferError
-from omnifer.model import load_checkpoint, read_card
-from omnifer.scoring import Scorer
-from omnifer.selection import SelectionPolicy, adapt_policy, select_samples
+from omnifer.labeled import read_rafdb
+from omnifer.models import versions
+from omnifer.models.checkpoints import load_checkpoint, read_card
 
 
 def _cli(*args: str, code: int = 0) -> str:
@@ -48,7 +48,7 @@ def test_onnx_export_scores_and_curates_like_the_checkpoint(
 ) -> None:
     """A fercnn_small checkpoint exported to ONNX and imported gives the same probabilities
     (within 1e-4), embeddings, similarities and curated rows through onnxruntime."""
-    from omnifer.models.onnx_model import export_onnx
+    from omnifer.models.onnx_import import export_onnx
 
     # The checkpoint as calibrated (a temperature in its card; the weights are unchanged).
     ckpt = tmp_path / "ckpt"
@@ -69,12 +69,12 @@ def test_onnx_export_scores_and_curates_like_the_checkpoint(
                              small_world / "labeled", "--format", "rafdb", "--split", "train",
                              "--temperature", "0.7", "--promote"))
     assert "registered v7" in out and "promoted" in out
-    assert registry.primitive_model(data_catalog)[0] == "v7"
-    lineage = json.loads(registry.history(data_catalog, "v7")["train_datasets"])
+    assert versions.primitive_model(data_catalog)[0] == "v7"
+    lineage = json.loads(versions.history(data_catalog, "v7")["train_datasets"])
     assert lineage["onnx"]["file"] == "fer.onnx" and len(lineage["onnx"]["sha256"]) == 64
 
-    version, uri = registry.primitive_model(data_catalog)
-    onnx_model = load_checkpoint(registry.local_checkpoint(uri, version))
+    version, uri = versions.primitive_model(data_catalog)
+    onnx_model = load_checkpoint(versions.local_checkpoint(uri, version))
     assert onnx_model.card.kind == "onnx" and onnx_model.card.temperature == 0.7
     crops = np.concatenate([read_rafdb(small_world / "labeled", split).images
                             for split in ("train", "test")])
@@ -143,8 +143,8 @@ def test_import_onnx_refuses_bad_files_in_one_line_and_works_without_embeddings(
     # A valid file with only class scores and a dynamic size fixed by --input-size.
     out = _cli(*_import_args(dynamic, "v2", card, "--input-size", "24", "--promote"))
     assert "no --embedding-output" in out
-    version, uri = registry.primitive_model(data_catalog)
-    model = load_checkpoint(registry.local_checkpoint(uri, version))
+    version, uri = versions.primitive_model(data_catalog)
+    model = load_checkpoint(versions.local_checkpoint(uri, version))
     assert model.card.input_size == 24 and model.card.onnx["output_kind"] == "logits"
     crops = np.random.default_rng(0).integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
     scores = Scorer(model, batch_size=2).score(crops)
@@ -164,7 +164,7 @@ def test_import_onnx_refuses_bad_files_in_one_line_and_works_without_embeddings(
     for i, crop in enumerate(crops):
         (folder / card.classes[i % 2]).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(folder / card.classes[i % 2] / f"{i}.png"), crop)
-    ckpt = registry.local_checkpoint(uri, version)
+    ckpt = versions.local_checkpoint(uri, version)
     _cli("score", "--model", ckpt, "--images", folder, "--out", tmp_path / "s.parquet")
     scored = pq.read_table(tmp_path / "s.parquet")
     assert scored.num_rows == 5 and scored["similarity"].null_count == 5
@@ -221,7 +221,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
 ) -> None:
     from safetensors.torch import load_file, save_file
 
-    from omnifer.train import TrainConfig, train_model
+    from omnifer.training.train import TrainConfig, train_model
 
     sd = torchvision_resnet18_state_dict()
     # A training checkpoint holding a 'state_dict' with DataParallel's 'module.' prefix.
@@ -237,7 +237,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     assert pre["missing"] == [] and pre["unexpected"] == []
     assert pre["head"] == ["fc.bias", "fc.weight"]
     assert card.mean == [0.406, 0.456, 0.485]  # ImageNet's, in the pipeline's BGR order
-    from omnifer.models import card_lines
+    from omnifer.models.loading import card_lines
 
     line = card_lines(card)[0]  # what `omnifer train` prints
     assert "loaded 120 of 120 tensors of resnet18" in line and "missing: none" in line
@@ -257,7 +257,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     # The same weights as safetensors load too; a file whose shapes do not fit is refused.
     flat = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(flat))
-    from omnifer.model import create_model
+    from omnifer.models.registry import create_model
     from omnifer.models.weights import load_pretrained
 
     assert load_pretrained(create_model("resnet18", 7), flat, "resnet18").loaded == 120
@@ -275,7 +275,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
 def test_iresnet_has_insightface_key_names() -> None:
     """IResNet-18's keys and shapes are those of insightface's arcface_torch iresnet18 (187
     tensors) plus omnifer's classification head."""
-    from omnifer.model import create_model
+    from omnifer.models.registry import create_model
 
     model = create_model("iresnet18", 7)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -317,7 +317,7 @@ def test_calibration_lowers_ece_on_the_demo_world_test_split(tmp_path: Path) -> 
     the card and applied by the scorer, brings the test split's ECE down."""
     from omnifer.models.calibration import expected_calibration_error
     from omnifer.synth import generate_world
-    from omnifer.train import TrainConfig, train_model
+    from omnifer.training.train import TrainConfig, train_model
 
     generate_world(tmp_path / "world", seed=7, labeled_per_class=40, test_per_class=60,
                    unlabeled_images=0, workers=1)
@@ -354,7 +354,7 @@ def test_nightly_flow_mines_with_an_onnx_model_and_retrains_a_torch_student(
     retrain trains a torch student on the teacher's soft targets and tests it against the
     ONNX teacher."""
     from flows.ingest import nightly_ingest
-    from omnifer.models.onnx_model import export_onnx
+    from omnifer.models.onnx_import import export_onnx
 
     monkeypatch.setenv("OMNIFER_SELECTION", json.dumps(
         {"min_confidence": 0.0, "default_confidence": 0.0, "min_similarity": 0.5,
@@ -380,17 +380,17 @@ def test_nightly_flow_mines_with_an_onnx_model_and_retrains_a_torch_student(
 
     r = summary["retraining"]["retrain"]
     assert r["model_version"] == "v2" and r["parent_version"] == "v1"
-    lineage = json.loads(registry.history(data_catalog, "v2")["train_datasets"])
+    lineage = json.loads(versions.history(data_catalog, "v2")["train_datasets"])
     assert lineage["teacher"] == {"model_version": "v1", "kind": "onnx", "curated_weight": 0.5}
     verdict = con.execute("SELECT event, metrics FROM models WHERE model_version = 'v2' AND "
                           "event <> 'registered'").fetchone()
     metrics = json.loads(verdict[1])
     teacher_acc = metrics["parent_accuracy"]  # the ONNX teacher on the labeled test split
     test = read_rafdb(small_world / "labeled", "test")
-    from omnifer.evaluate import evaluate_model
+    from omnifer.training.evaluate import evaluate_model
 
     assert teacher_acc == pytest.approx(evaluate_model(torch_model, test)["accuracy"])
     assert verdict[0] == ("promoted" if metrics["gain"] > 0 else "rejected")
-    student = read_card(registry.local_checkpoint(r["checkpoint_uri"], "v2"))
+    student = read_card(versions.local_checkpoint(r["checkpoint_uri"], "v2"))
     assert student.kind == "torch" and student.arch == "fercnn_small"
     assert math.isfinite(r["accuracy"])

@@ -1,8 +1,10 @@
-"""The Operations steps (docs/operations.md, linked from README), followed literally by a new operator on an empty catalog.
+"""The Operations steps (docs/operations.md), followed literally by a new operator on an
+empty catalog.
 
-The commands are read from the ``bash`` blocks of docs/operations.md's numbered steps and run as they are
-written there, in a checkout of this repository (a temp folder whose ``.venv``, ``omnifer``,
-``flows``, ``tasks`` and ``deploy`` link here, with its own ``data_catalog.yaml``, so the
+The commands are read from the ``bash`` blocks of docs/operations.md's numbered steps and
+run as they are written there, in a checkout of this repository (a temp folder whose
+``.venv``, ``omnifer``, ``flows``, ``tasks`` and ``deploy`` link here, with its own
+``data_catalog.yaml``, so the
 catalog starts empty, and ``demo/world`` a small seeded world). Only the server's port is
 changed (4200 may be taken) and ``RUN_ID`` filled in. In README's order: a Prefect server,
 the work pools, ``prefect deploy`` with ``OMNIFER_REPO`` exported in the deploying shell (the

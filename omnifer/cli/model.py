@@ -122,7 +122,7 @@ def train_cmd(
     m = card.metrics
     console.print(f"saved {out}: best epoch {m.get('best_epoch')}, val accuracy "
                   f"{m.get('val_accuracy', float('nan')):.3f}, {m.get('train_seconds')}s")
-    from omnifer.models import card_lines
+    from omnifer.models.loading import card_lines
 
     for line in card_lines(card):
         console.print(line, highlight=False, soft_wrap=True)
@@ -306,7 +306,7 @@ def evaluate_cmd(
                 title=f"{model} on {data} ({split})")
     console.print(f"accuracy {m['accuracy']:.4f}   mean per-class accuracy "
                   f"{m['mean_class_accuracy']:.4f}   n={m['n']}")
-    from omnifer.models.calibration import evaluate_calibration
+    from omnifer.training.evaluate import evaluate_calibration
 
     cal = evaluate_calibration(loaded, test, split)  # raw vs the card's temperature
     m["calibration"] = cal.model_dump()

@@ -1,6 +1,6 @@
 """CLI command ``omnifer models import-onnx``: an ONNX FER model → a registered model version.
 
-A thin shell over :func:`omnifer.models.onnx_model.import_onnx`; every check runs before
+A thin shell over :func:`omnifer.models.onnx_import.import_onnx`; every check runs before
 anything is written, and a bad file gets one line.
 """
 
@@ -60,15 +60,15 @@ def import_onnx_cmd(
 ) -> None:
     """Register an ONNX facial-expression model as a model version (scored by onnxruntime)."""
     from omnifer.catalog import DataCatalog
-    from omnifer.models import card_lines
-    from omnifer.models.onnx_model import import_onnx
+    from omnifer.models.loading import card_lines
+    from omnifer.models.onnx_import import import_onnx
 
     names = [c.strip() for c in classes.split(",") if c.strip()]
     if outputs not in ("auto", "logits", "probs"):
         raise ConfigError(f"--outputs must be auto, logits or probs, not {outputs!r}")
     data = None
     if labeled is not None:
-        from omnifer.datasets import read_dataset
+        from omnifer.labeled import read_dataset
 
         data = read_dataset(labeled, fmt, split, size=input_size, classes=names)
     outcome = import_onnx(

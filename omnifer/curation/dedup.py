@@ -40,7 +40,8 @@ from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import digest
 from omnifer.catalog.provenance import provenance
 from omnifer.catalog.schemas import DUPLICATES
-from omnifer.config import DedupSettings, Settings
+from omnifer.config import Settings
+from omnifer.config_sections import DedupSettings
 from omnifer.curation import evalsets
 from omnifer.curation.curated import DedupApplied
 from omnifer.curation.embeddings import decode_crops, embeddings_for, read_crops

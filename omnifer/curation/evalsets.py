@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 from omnifer import storage
 from omnifer.catalog.catalog import DataCatalog
 from omnifer.catalog.plans import digest
-from omnifer.config import EvalSetSpec, Settings, join_uri
+from omnifer.config import Settings, join_uri
+from omnifer.config_sections import EvalSetSpec
 from omnifer.curation.embeddings import decode_crops, model_scorer
 from omnifer.curation.hashing import face_hash, to_words
 from omnifer.errors import DatasetError

@@ -144,15 +144,6 @@ def calibrate(view_logits: np.ndarray, labels: np.ndarray, split: str,
         confidence_after=float(after.max(1).mean()))
 
 
-def evaluate_calibration(loaded: Any, data: Any, split: str = "test",
-                         batch_size: int = 256) -> Calibration:
-    """How calibrated a loaded model (any kind) is on labeled ``data``: its card's temperature
-    against no scaling, on the probabilities scoring emits (nothing is fitted)."""
-    from omnifer.scoring import Scorer
-
-    data = data.remapped(loaded.classes)
-    z = Scorer(loaded, batch_size=batch_size).view_logits(data.images)
-    return calibrate(z, data.hard_labels(), split, temperature=loaded.card.temperature)
 
 
 def torch_view_logits(model: Any, images: np.ndarray, mean: list[float], std: list[float],

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnifer.model import register_model
+from omnifer.models.registry import register_architecture
 from omnifer.models.resnet import Backbone
 
 FC_MAP = 7  # ArcFace's fc is sized for 7×7 maps (112 / 16)
@@ -109,19 +109,19 @@ class IResNet(Backbone):
         return self.features(self.fc(torch.flatten(x, 1)))
 
 
-@register_model("iresnet18")
+@register_architecture("iresnet18")
 def iresnet18(num_classes: int, **kw: Any) -> IResNet:
     """IResNet-18 (ArcFace r18), insightface key names; input 112×112 RGB."""
     return IResNet([2, 2, 2, 2], num_classes, **kw)
 
 
-@register_model("iresnet34")
+@register_architecture("iresnet34")
 def iresnet34(num_classes: int, **kw: Any) -> IResNet:
     """IResNet-34 (ArcFace r34), insightface key names."""
     return IResNet([3, 4, 6, 3], num_classes, **kw)
 
 
-@register_model("iresnet50")
+@register_architecture("iresnet50")
 def iresnet50(num_classes: int, **kw: Any) -> IResNet:
     """IResNet-50 (ArcFace r50), insightface key names."""
     return IResNet([3, 4, 14, 3], num_classes, **kw)

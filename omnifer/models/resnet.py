@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnifer.model import register_model
+from omnifer.models.registry import register_architecture
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -172,19 +172,19 @@ class ResNet(Backbone):
         return torch.flatten(self.avgpool(x), 1)
 
 
-@register_model("resnet18")
+@register_architecture("resnet18")
 def resnet18(num_classes: int, **kw: Any) -> ResNet:
     """ResNet-18 (11.2 M parameters at 7 classes), torchvision key names."""
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, **kw)
 
 
-@register_model("resnet34")
+@register_architecture("resnet34")
 def resnet34(num_classes: int, **kw: Any) -> ResNet:
     """ResNet-34, torchvision key names."""
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, **kw)
 
 
-@register_model("resnet50")
+@register_architecture("resnet50")
 def resnet50(num_classes: int, **kw: Any) -> ResNet:
     """ResNet-50 (v1.5), torchvision key names."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, **kw)

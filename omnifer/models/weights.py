@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from omnifer.errors import ModelFileError
-from omnifer.modelfiles import sha256_file
+from omnifer.models.modelfiles import sha256_file
 
 log = logging.getLogger(__name__)
 

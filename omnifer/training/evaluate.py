@@ -106,3 +106,14 @@ def pseudo_label_precision(selected: pa.Table, truth: Mapping[str, str | None]) 
         "precision_weighted": w_correct / w_matched if w_matched else float("nan"),
         "per_class": dict(sorted(per_class.items())),
     }
+
+def evaluate_calibration(loaded: Any, data: Any, split: str = "test",
+                         batch_size: int = 256) -> Any:
+    """How calibrated a loaded model (any kind) is on labeled ``data``: its card's temperature
+    against no scaling, on the probabilities scoring emits (nothing is fitted)."""
+    from omnifer.curation.scoring import Scorer
+    from omnifer.models.calibration import calibrate
+
+    data = data.remapped(loaded.classes)
+    z = Scorer(loaded, batch_size=batch_size).view_logits(data.images)
+    return calibrate(z, data.hard_labels(), split, temperature=loaded.card.temperature)
