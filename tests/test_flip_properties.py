@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from omnifer.catalog import DataCatalog
 from omnifer.curation.scoring import Scorer
 from omnifer.labels import CLASSES
+from omnifer.models.architectures import create_model
 from omnifer.models.checkpoints import ModelCard, load_checkpoint, save_checkpoint
-from omnifer.models.registry import create_model
 
 
 def _chiral_checkpoint(out: Path) -> Path:

@@ -10,8 +10,8 @@ import torch
 
 from omnifer.curation.scoring import ScoreBatch, Scorer
 from omnifer.errors import ModelFileError
+from omnifer.models.architectures import count_parameters, create_model, list_architectures
 from omnifer.models.checkpoints import ModelCard, load_checkpoint, save_checkpoint
-from omnifer.models.registry import count_parameters, create_model, list_architectures
 
 CLASSES = ["a", "b", "c"]
 

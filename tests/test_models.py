@@ -257,7 +257,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
     # The same weights as safetensors load too; a file whose shapes do not fit is refused.
     flat = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(flat))
-    from omnifer.models.registry import create_model
+    from omnifer.models.architectures import create_model
     from omnifer.models.weights import load_pretrained
 
     assert load_pretrained(create_model("resnet18", 7), flat, "resnet18").loaded == 120
@@ -275,7 +275,7 @@ def test_resnet18_loads_torchvision_weights_and_trains_on_the_demo_world(
 def test_iresnet_has_insightface_key_names() -> None:
     """IResNet-18's keys and shapes are those of insightface's arcface_torch iresnet18 (187
     tensors) plus omnifer's classification head."""
-    from omnifer.models.registry import create_model
+    from omnifer.models.architectures import create_model
 
     model = create_model("iresnet18", 7)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

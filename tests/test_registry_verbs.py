@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from omnifer.catalog import DataCatalog
 from omnifer.models import versions
-from omnifer.report import _find_confusion, _models
+from omnifer.report.facts import find_confusion, model_rows
 
 
 def _cli(*args: str, code: int = 0) -> str:
@@ -58,9 +58,9 @@ def test_register_carries_the_card_figures_and_the_report_finds_them(
     assert sum(map(sum, m2["confusion"])) == n_test
 
     # The run report reads the same rows: both versions have a confusion matrix to draw.
-    models = {m["version"]: m for m in _models(data_catalog.connect())}
+    models = {m["version"]: m for m in model_rows(data_catalog.connect())}
     for version in ("v1", "v2"):
-        found = _find_confusion(models[version]["metrics"])
+        found = find_confusion(models[version]["metrics"])
         assert found is not None and found[1] == card["classes"]
     assert models["v1"]["current"] and models["v1"]["metrics"]["accuracy"] == m1["accuracy"]
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from omnifer.errors import ModelFileError
 from omnifer.imaging.tensors import preprocess
-from omnifer.models import iresnet, resnet  # noqa: F401  (register the backbones)
+from omnifer.models.architectures import create_model
 from omnifer.models.cards import (
     CARD_FILE,
     CARD_FORMAT,
@@ -42,7 +42,6 @@ from omnifer.models.cards import (
     write_file_atomic,
 )
 from omnifer.models.modelfiles import sha256_file
-from omnifer.models.registry import create_model
 
 __all__ = ["CARD_FILE", "CARD_FORMAT", "PROTOTYPES_FILE", "WEIGHTS_FILE", "DatasetRef",
            "LoadedModel", "ModelCard", "load_checkpoint", "read_card", "save_checkpoint",

@@ -96,7 +96,7 @@ class ReportFacts:
     dedup: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str] | None] | None:
+def find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str] | None] | None:
     """The confusion matrix in a metrics dict (top level, or one level down), with classes."""
     for holder in [metrics, *[v for v in metrics.values() if isinstance(v, dict)]]:
         for key in ("confusion", "confusion_matrix"):
@@ -107,7 +107,7 @@ def _find_confusion(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str]
     return None
 
 
-def _models(con: Any) -> list[dict[str, Any]]:
+def model_rows(con: Any) -> list[dict[str, Any]]:
     rows = con.execute("SELECT model_version, event, parent_version, metrics, classes, run_id, "
                        "train_datasets, created_at FROM models ORDER BY created_at").fetchall()
     versions: dict[str, dict[str, Any]] = {}
@@ -201,7 +201,7 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
         "LEFT JOIN (SELECT DISTINCT face_id FROM curated WHERE curated_version = ?) c "
         "USING (face_id) WHERE s.ingest_date = ? AND s.model_version = ? AND s.status = 'ok'",
         curated_version, date, model_version)
-    models = _models(con)
+    models = model_rows(con)
     model_entry = next((m for m in models if m["version"] == model_version), None)
     labels = {r[0] for r in score_rows} | {lab for h in history.values() for lab in h}
     classes = ordered_classes(model_entry["classes"] if model_entry and model_entry["classes"]
@@ -231,7 +231,7 @@ def collect(catalog: DataCatalog, run: dict[str, Any]) -> ReportFacts:
         wanted.append(trained)
     for version in wanted:
         entry = next((m for m in models if m["version"] == version), None)
-        found = _find_confusion(entry["metrics"]) if entry else None
+        found = find_confusion(entry["metrics"]) if entry else None
         if found:
             cm, cm_classes = found
             confusions.append({"version": version, "matrix": np.asarray(cm, np.int64),

@@ -240,8 +240,8 @@ def tiny_checkpoint(out: Path, seed: int = 0) -> Path:
     import torch
 
     from omnifer.labels import CLASSES
+    from omnifer.models.architectures import create_model
     from omnifer.models.checkpoints import ModelCard, save_checkpoint
-    from omnifer.models.registry import create_model
 
     torch.manual_seed(seed)
     model = create_model("fercnn_tiny", len(CLASSES))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from omnifer.errors import ConfigError
-from omnifer.models.registry import create_model
+from omnifer.models.architectures import create_model
 from omnifer.training.config import TrainConfig
 
 

@@ -52,6 +52,7 @@ from omnifer.devices import resolve_device
 from omnifer.errors import DatasetError
 from omnifer.imaging.tensors import normalize, to_tensor
 from omnifer.labeled.base import LabeledData
+from omnifer.models.architectures import count_parameters
 from omnifer.models.checkpoints import (
     DatasetRef,
     ModelCard,
@@ -60,7 +61,6 @@ from omnifer.models.checkpoints import (
     write_file_atomic,
 )
 from omnifer.models.modelfiles import sha256_file
-from omnifer.models.registry import count_parameters
 from omnifer.runtime.progress import track
 from omnifer.training.augment import augment
 from omnifer.training.build import build_model, input_normalization
