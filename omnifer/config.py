@@ -129,7 +129,7 @@ class IngestSettings(BaseModel):
     min_det_score: float = Field(0.6, ge=0, le=1)
     min_face_size: int = Field(32, ge=8)
     max_side: int = Field(1280, ge=128)
-    # Detection scale (omnifer.faces.FaceFinder; README "Face detection"): "auto" searches each
+    # Detection scale (omnifer.faces.finder.FaceFinder; docs/performance.md): "auto" searches each
     # image at the scale its smallest kept face (min_face_size) needs and detects every face
     # again at ~refine_px for full-quality landmarks; "full" searches the whole image at up to
     # max_side (SCRFD: 640), as before. whole_frame: also search a padded thumbnail, so a face

@@ -15,7 +15,7 @@ __all__ = ["BackfillSettings", "DedupSettings", "ErasureSettings", "EvalSetSpec"
 
 
 class RunsSettings(BaseModel):
-    """Run records (``omnifer.runs``): how often a run says it is alive, and when a run that
+    """Run records (``omnifer.catalog.runs``): how often a run says it is alive, and when a run that
     stopped saying so counts as crashed (``omnifer runs`` shows it ``crashed``)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -27,7 +27,8 @@ step can be repeated after a crash: a half-done repair is found and finished by 
 Run it while no ingest, retry or compaction of the same catalog is running: a shard being
 written is "data without marker" for a moment.
 
-:func:`missing_shard_data` is the cheap check :func:`omnifer.ingest.process_shard` makes when
+:func:`missing_shard_data` is the cheap check that
+:func:`omnifer.pipeline.ingest.process_shard` makes when
 a marker says done, so that a rerun says when markers blocked it.
 """
 

@@ -42,7 +42,7 @@ def _stage_text(name: str, stage: dict[str, Any]) -> str:
 
 def _observe(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(state, why) per record: ``running`` records checked against Prefect, their process
-    and their heartbeat (:func:`omnifer.runs.observe`)."""
+    and their heartbeat (:func:`omnifer.catalog.runs.observe`)."""
     from omnifer.catalog import runs
 
     running = [r["run_id"] for r in records if r.get("state") == "running"]

@@ -63,7 +63,6 @@ class ModelCard(BaseModel):
     kind: str = "torch"
     onnx: dict[str, Any] = Field(default_factory=dict)
     color: str = "bgr"  # channel order the network is fed (torch models: always BGR)
-    flip_tta: bool = True  # score = mean of the image and its mirror image
     # Temperature scaling (omnifer.models.calibration): scoring divides logits by it.
     temperature: float = Field(1.0, gt=0)
     calibration: dict[str, Any] = Field(default_factory=dict)

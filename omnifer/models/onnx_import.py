@@ -164,7 +164,7 @@ class ImportOutcome:
 def prototypes_from_features(feat: torch.Tensor, labels: np.ndarray, num_classes: int
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prototypes (C, D), center (D,)) from (N, D) flip-averaged features, as
-    :func:`omnifer.train.compute_prototypes` makes them (center = mean feature; a prototype
+    :func:`omnifer.training.train.compute_prototypes` makes them (center = mean feature; a prototype
     is the L2-normalised mean of its class's centred, L2-normalised embeddings)."""
     center = feat.mean(0)
     emb = F.normalize(feat - center, dim=1)
@@ -211,7 +211,7 @@ def import_onnx(
 
     ``mean``/``std``: per channel, in the channel order the model is fed (``color``), on
     [0, 1] pixels (a model fed 0–255 pixels: mean 0, std 1/255). ``labeled``
-    (:class:`~omnifer.datasets.LabeledData`, optional): gives the prototypes (with an
+    (:class:`~omnifer.labeled.base.LabeledData`, optional): gives the prototypes (with an
     embedding output) and fits the temperature (unless ``temperature`` is given; at least
     :data:`~omnifer.models.calibration.MIN_IMAGES` images); its accuracy goes into the
     metrics. Raises :class:`ModelFileError` / :class:`ConfigError` with one line, before
@@ -325,7 +325,7 @@ class _Exportable(torch.nn.Module):
 
 
 def export_onnx(loaded: Any, path: Path | str, opset: int = 17) -> Path:
-    """Write a trained torch model (:class:`~omnifer.model.LoadedModel`) as ONNX: input
+    """Write a trained torch model (:class:`~omnifer.models.checkpoints.LoadedModel`) as ONNX: input
     ``input`` (N, 3, S, S) BGR normalised with the card's mean/std, outputs ``logits`` (N, C)
     and ``features`` (N, D) (pooled, before centring), dynamic batch. Import it with
     ``--color bgr --mean/--std`` from the card and ``--embedding-output features``.

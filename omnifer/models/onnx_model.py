@@ -9,20 +9,20 @@ an output of class scores with one column per class. Then it writes a checkpoint
     model.onnx              the file, byte for byte
     prototypes.safetensors  only with an embedding output and a labeled split: ``center`` and
                             per-class ``prototypes`` of the flip-averaged embeddings, made as
-                            for a trained model (:func:`omnifer.train.compute_prototypes`)
+                            for a trained model (:func:`omnifer.training.train.compute_prototypes`)
     card.json               kind "onnx", classes, input size, mean/std, colour, flip TTA,
                             temperature, the ``onnx`` section (:class:`OnnxSpec`), sha256s
 
 and registers it (lineage: the file's name and sha256, the labeled split) like a trained one.
 
-Scoring (:class:`OnnxModel`, used by :class:`omnifer.scoring.Scorer`): crops resized to the
+Scoring (:class:`OnnxModel`, used by :class:`omnifer.curation.scoring.Scorer`): crops resized to the
 input size, colour-converted, normalised, run in batches (a fixed batch size is honoured by
 padding), the image and its mirror image in one run when the card says ``flip_tta``. Class
 scores that are logits get ``softmax(z / T)``; probabilities are turned back into
 log-probabilities first (the same thing up to a constant). Embeddings come from the named
 output; without one, scores have no embedding and ``similarity`` is null, and selection
 skips its similarity gate with a note in the recorded policy
-(:func:`omnifer.selection.adapt_policy`).
+(:func:`omnifer.curation.selection.adapt_policy`).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class OnnxModel:
         V = 2 (image, mirror image) with flip TTA, else 1. Probability outputs come back as
         log-probabilities, so that ``softmax(· / T)`` applies to every kind alike.
         """
-        from omnifer.datasets import resize_images
+        from omnifer.imaging.transforms import resize_images
 
         size = self.card.input_size
         if crops.shape[1:3] != (size, size):
@@ -190,7 +190,7 @@ class OnnxModel:
     ]:
         """(probs (N, C), pred (N,), pred of the mirror view (N,), embedding (N, D) or None).
 
-        As :func:`omnifer.scoring.forward_tta`: ``probs`` = mean over views of
+        As :func:`omnifer.curation.scoring.forward_tta`: ``probs`` = mean over views of
         softmax(logits / T); the embedding is the flip-averaged output minus ``center``,
         L2-normalised.
         """
