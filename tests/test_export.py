@@ -36,6 +36,8 @@ def _value(t: pa.DataType, i: int) -> Any:
         return i % 2 == 0
     if pa.types.is_timestamp(t):
         return dt.datetime(2026, 11, 30, 1, 2, 3, 456000, tzinfo=dt.UTC)
+    if pa.types.is_fixed_size_binary(t):  # a face hash
+        return bytes([0xFF, 0x00, i % 256, 0x80] * (t.byte_width // 4 + 1))[: t.byte_width]
     if pa.types.is_binary(t):
         return bytes([0xFF, 0xD8, 0x00, i, 0x80])  # not UTF-8: a JPEG's first bytes
     if pa.types.is_fixed_size_list(t):

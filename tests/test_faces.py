@@ -143,7 +143,7 @@ def test_face_id_is_stable_and_rounded() -> None:
 @pytest.fixture(scope="module")
 def scenes() -> list[tuple[np.ndarray, list]]:
     """Demo-world scene photos with the truth of every face (box, landmarks): seeded."""
-    from omnifer.synth import render_scene
+    from omnifer.demo import render_scene
 
     return [render_scene(11, i) for i in range(24)]
 
@@ -167,7 +167,7 @@ def _tight_crops(scenes, real_faces) -> list[np.ndarray]:
     real faces resized to 64-400 px wide, and the demo world's own aligned 112 px faces."""
     import cv2
 
-    from omnifer.synth import render_labeled
+    from omnifer.demo import render_labeled
 
     boxed = [(img, f.box) for img, faces in scenes[:8] for f in faces] + list(real_faces)
     crops = []
@@ -285,7 +285,7 @@ def test_ingest_settings_choose_the_detection_scale(omnifer_home: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``ingest.detect_scale`` reaches the worker's detector (and so each row's
     ``detector_version``); a bad value is one clear ConfigError."""
-    from omnifer import ingest
+    from omnifer.pipeline import ingest
     from omnifer.config import load_settings
     from omnifer.errors import ConfigError
 
