@@ -181,6 +181,9 @@ def models_list(
                      " ".join(e["events"]), str(e["registered_at"])[:19]))
     print_table(console, ("", "version", "status", "accuracy", "confusion", "parent", "events",
                           "registered"), rows)
+    for version, requests in sorted(versions.flagged_versions(catalog).items()):
+        console.print(f"{version}: trained_on_erased (erasure requests {', '.join(requests)}; "
+                      "see 'omnifer erasures')", highlight=False, soft_wrap=True)
     current = next((e["version"] for e in entries if e["status"] == "primitive"), None)
     console.print(f"primitive model: {current}" if current else
                   "no primitive model yet: 'omnifer models promote VERSION' (or 'omnifer models "
