@@ -276,8 +276,8 @@ def test_report_numbers_match_the_catalog(nights: Nights) -> None:
 def test_report_is_self_contained_and_every_image_decodes(nights: Nights) -> None:
     text = nights.report.read_text()
     page = _parse(nights.report)
-    assert page.section_ids == ["images", "faces", "selected", "confidence", "samples",
-                                "distilled", "model", "run"]
+    assert page.section_ids == ["images", "faces", "dedup", "selected", "confidence",
+                                "samples", "distilled", "model", "run"]
     assert {"script", "link", "iframe", "object", "embed"}.isdisjoint(page.tags)
     assert "url(" not in text and "@import" not in text
     assert page.links and all(link.startswith("data:image/") for link in page.links)
