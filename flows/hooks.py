@@ -1,11 +1,11 @@
 """Flow-run state hooks shared by the flows: a run that raised still ends its run record.
 
-A flow writes its record (``omnifer.runs``) as it goes and ends it itself on the paths it
+A flow writes its record (``omnifer.catalog.runs``) as it goes and ends it itself on the paths it
 expects. When it raises instead (no promoted model, no sources, a bug), Prefect calls
 :func:`end_run_record` (``on_failure`` / ``on_crashed``): the record ends ``failed`` or
 ``crashed`` with the error, and a run that failed before writing any record gets one, so
 ``omnifer runs`` lists every run Prefect ran. A SIGKILLed process runs no hook: that case is
-``omnifer.runs.observe``'s (Prefect's state, the process, the heartbeat).
+``omnifer.catalog.runs.observe``'s (Prefect's state, the process, the heartbeat).
 """
 
 from __future__ import annotations

@@ -70,13 +70,14 @@ class DedupSettings(BaseModel):
     max_pixel_difference: float = Field(0.3, ge=0)
     bands: Literal[8, 16, 32] = 16
     window: int = Field(64, ge=1)
-    neighbours: int = Field(8, ge=1)
+    neighbours: int = Field(4, ge=1)
     decontaminate: bool = True
     test_split: bool = True  # the labeled test split of ``retrain.labeled`` is an eval set
     eval_sets: list[EvalSetSpec] = Field(default_factory=list)
     eval_max_hamming: int = Field(80, ge=0, le=256)
     eval_min_cosine: float = Field(-1.0, ge=-1, le=1)
     eval_max_pixel_difference: float = Field(0.35, ge=0)
+    eval_neighbours: int = Field(8, ge=1)  # evaluation items checked per face, nearest first
 
 
 class BackfillSettings(BaseModel):

@@ -40,7 +40,7 @@ def plan_task(
 def shard_task(
     catalog: DataCatalog, plan: ingest.IngestPlan, shard: ingest.ShardSpec, run_id: str
 ) -> ingest.ShardResult:
-    """Process one shard (``omnifer.ingest.process_shard``), here or on a Dask worker.
+    """Process one shard (``omnifer.pipeline.ingest.process_shard``), here or on a Dask worker.
 
     ``plan`` carries the sources and parameters but no shards (the flow strips them), so the
     arguments stay small when Dask pickles them. On a Dask worker the process is set up once

@@ -1,9 +1,9 @@
 """What a shard task does first when it runs on a Dask worker (a process that shares nothing).
 
 * Once per worker process: cap glibc's malloc arenas and undo the mmap threshold that Dask's
-  ``MALLOC_TRIM_THRESHOLD_`` freezes (see ``omnifer.heap``), and say in the flow run's log
+  ``MALLOC_TRIM_THRESHOLD_`` freezes (see ``omnifer.runtime.heap``), and say in the flow run's log
   which worker this is. Detectors and models are then loaded on the first
-  shard and kept for the life of the process (``omnifer.ingest.WorkerResources``), so a
+  shard and kept for the life of the process (``omnifer.pipeline.workers.WorkerResources``), so a
   worker loads them once, not once per task; model files come from the worker's own
   ``OMNIFER_HOME`` (or its ``OMNIFER_MODEL_MIRROR``) and the catalog's model store.
 * Once per worker process and run: check that the worker sees the flow's catalog, by reading

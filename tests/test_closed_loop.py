@@ -227,3 +227,28 @@ def test_backfill_rescores_and_reselects_old_nights_then_does_nothing(
     assert again["faces_scored"] == 0
     assert all(n["unchanged"] for n in again["nights"])
     assert _files(Path(catalog.catalog.root)) == before
+
+
+def test_band_index_finds_planted_near_pairs_with_bounded_work() -> None:
+    from omnifer.curation.hashing import BandIndex, hamming, nearest
+
+    rng = np.random.default_rng(0)
+    n, planted = 20_000, 200
+    bits = (rng.random((n, 256)) < 0.5).astype(np.uint8)
+    src = rng.choice(n - planted, planted, replace=False)
+    for k, s in enumerate(src):  # copies within 15 bits: pigeonhole over 16 bands
+        bits[n - planted + k] = bits[s]
+        bits[n - planted + k, rng.choice(256, int(rng.integers(0, 16)), replace=False)] ^= 1
+    words = np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
+    index = BandIndex(words, bands=16, window=64)
+    i, j, d = index.pairs(15)
+    truth = {(int(s), n - planted + k) for k, s in enumerate(src)}
+    assert truth <= set(zip(i.tolist(), j.tolist(), strict=True))
+    assert (d == hamming(words[i], words[j])).all() and (d <= 15).all()
+    assert index.compared <= n * 16 * 64  # never all pairs (2e8 here)
+    # Tonight's hashes only, and each hash's nearest partners only.
+    tonight = np.zeros(n, bool)
+    tonight[-planted:] = True
+    qi, qj, qd = BandIndex(words).pairs(15, involving=tonight, neighbours=1)
+    assert set(zip(qi.tolist(), qj.tolist(), strict=True)) >= truth
+    assert len(nearest(qi, qj, qd, 1)) == len(qi)

@@ -285,9 +285,9 @@ def test_ingest_settings_choose_the_detection_scale(omnifer_home: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``ingest.detect_scale`` reaches the worker's detector (and so each row's
     ``detector_version``); a bad value is one clear ConfigError."""
-    from omnifer.pipeline import ingest
     from omnifer.config import load_settings
     from omnifer.errors import ConfigError
+    from omnifer.pipeline import ingest
 
     assert load_settings().ingest.detect_scale == "auto"
     monkeypatch.setenv("OMNIFER_INGEST__DETECT_SCALE", "full")

@@ -49,7 +49,6 @@ from omnifer.curation.hashing import (
     BandIndex,
     face_hash,
     hamming_matrix,
-    nearest,
     pixel_difference,
     to_words,
     union_find,
@@ -143,10 +142,10 @@ def _old_clusters(catalog: DataCatalog, ingest_date: str) -> dict[str, tuple[str
     return out
 
 
-def _verify(catalog: DataCatalog, ids: list[str], pairs: list[tuple[int, int]],
-            model_version: str, min_cosine: float, max_diff: float,
-            crops_b: np.ndarray | None = None, emb_b: np.ndarray | None = None,
-            ) -> list[tuple[int, int, float, float]]:
+def _verify(catalog: DataCatalog, ids: list[str], dates: list[str],
+            pairs: list[tuple[int, int]], model_version: str, min_cosine: float,
+            max_diff: float, crops_b: np.ndarray | None = None,
+            emb_b: np.ndarray | None = None) -> list[tuple[int, int, float, float]]:
     """Pairs (a, b) that pass the embedding and pixel checks, with (cosine, difference).
 
     ``a`` indexes ``ids``; ``b`` indexes ``ids`` too, or ``crops_b``/``emb_b`` when given
@@ -154,7 +153,8 @@ def _verify(catalog: DataCatalog, ids: list[str], pairs: list[tuple[int, int]],
     if not pairs:
         return []
     need = sorted({a for a, _ in pairs} | ({b for _, b in pairs} if crops_b is None else set()))
-    crops = read_crops(catalog, [ids[k] for k in need])
+    # Only the nights that hold these faces are read (partition pruning).
+    crops = read_crops(catalog, [ids[k] for k in need], sorted({dates[k] for k in need}))
     use_embeddings = min_cosine > -1.0  # -1: the gate is off (see DedupSettings)
     emb = (embeddings_for(catalog, [ids[k] for k in need], model_version, crops)
            if use_embeddings else {})
@@ -191,6 +191,9 @@ def deduplicate_night(catalog: DataCatalog, ingest_date: str, model_version: str
     cfg = settings.dedup
     specs = evalsets.eval_sets(settings) if cfg.decontaminate else []
     index = evalsets.load_eval_index(catalog, specs, model_version) if specs else None
+    if cfg.decontaminate and not specs:
+        log.info("dedup %s: no evaluation set (set retrain.labeled.path or dedup.eval_sets): "
+                 "decontamination skipped", ingest_date)
     eval_digest = index.digest if index is not None else None
     version = dedup_version_for(ingest_date, cfg, model_version, eval_digest)
     faces = _faces_upto(catalog, ingest_date)
@@ -225,13 +228,12 @@ def _duplicates(catalog: DataCatalog, faces: pa.Table, ids: list[str], words: np
                 valid: np.ndarray, tonight: np.ndarray, model_version: str,
                 cfg: DedupSettings, result: DedupResult) -> list[dict[str, Any]]:
     index = BandIndex(words, cfg.bands, cfg.window)
-    i, j, d = index.pairs(cfg.max_hamming, involving=tonight, valid=valid)
+    i, j, d = index.pairs(cfg.max_hamming, involving=tonight, valid=valid,
+                          neighbours=cfg.neighbours)
     result.candidates = len(i)
-    keep = nearest(i, j, d, cfg.neighbours)
-    i, j, d = i[keep], j[keep], d[keep]
     distance = {(int(a), int(b)): int(x) for a, b, x in zip(i, j, d, strict=True)}
-    edges = _verify(catalog, ids, list(distance), model_version, cfg.min_cosine,
-                    cfg.max_pixel_difference)
+    edges = _verify(catalog, ids, faces["ingest_date"].to_pylist(), list(distance),
+                    model_version, cfg.min_cosine, cfg.max_pixel_difference)
     if not edges:
         return []
     members = sorted({a for a, _, _, _ in edges} | {b for _, b, _, _ in edges})
@@ -286,9 +288,10 @@ def _contaminated(catalog: DataCatalog, faces: pa.Table, ids: list[str], words: 
     qi, ei = qi[order], ei[order]
     start = np.r_[0, np.flatnonzero(qi[1:] != qi[:-1]) + 1] if len(qi) else np.zeros(0, int)
     rank = np.arange(len(qi)) - np.repeat(start, np.diff(np.r_[start, len(qi)]))
-    qi, ei = qi[rank < cfg.neighbours], ei[rank < cfg.neighbours]
+    qi, ei = qi[rank < cfg.eval_neighbours], ei[rank < cfg.eval_neighbours]
     pairs = [(int(mine[q]), int(e)) for q, e in zip(qi, ei, strict=True)]
-    matches = _verify(catalog, ids, pairs, model_version, cfg.eval_min_cosine,
+    matches = _verify(catalog, ids, faces["ingest_date"].to_pylist(), pairs, model_version,
+                      cfg.eval_min_cosine,
                       cfg.eval_max_pixel_difference, crops_b=index.crops,
                       emb_b=index.embeddings)
     best: dict[int, tuple[int, float, float]] = {}
