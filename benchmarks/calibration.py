@@ -53,7 +53,7 @@ THRESHOLDS = (0.6, 0.8, 0.9)
 
 def data(work: Path, pool_per_class: int) -> tuple[LabeledData, LabeledData, LabeledData]:
     """(labeled train, labeled test, pool) — worlds rendered once."""
-    from omnifer.synth import generate_world
+    from omnifer.demo import generate_world
 
     world, pool_world = work / "world", work / f"pool-{pool_per_class}"
     if not (world / "world.json").exists():

@@ -166,6 +166,8 @@ def _table_row(out: str, run_id: str) -> list[str]:
     """The cells of ``omnifer runs``'s row for ``run_id``, wrapped lines joined per column."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if run_id in line)
+    if "\t" in lines[start]:  # not a terminal: one tab-separated line per row (runtime.tables)
+        return [cell.strip().replace("; ", " ") for cell in lines[start].split("\t")]
     columns: list[list[str]] = []
     for n, line in enumerate(lines[start:]):
         if (n and re.search(UUID, line)) or not line.startswith("│"):
