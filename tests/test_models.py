@@ -315,8 +315,8 @@ def test_calibration_lowers_ece_on_the_demo_world_test_split(tmp_path: Path) -> 
     in two: a validation half (early stopping and the temperature fit) and a test half.
     Label smoothing leaves the raw model under-confident; the fitted temperature, stored in
     the card and applied by the scorer, brings the test split's ECE down."""
-    from omnifer.models.calibration import expected_calibration_error
     from omnifer.demo import generate_world
+    from omnifer.models.calibration import expected_calibration_error
     from omnifer.training.train import TrainConfig, train_model
 
     generate_world(tmp_path / "world", seed=7, labeled_per_class=40, test_per_class=60,
