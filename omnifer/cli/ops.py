@@ -179,8 +179,10 @@ def rerun_cmd(
         console.print(f"run {record['run_id']} completed: nothing to rerun (--force to run it "
                       "again; committed shards would still be skipped)")
         return
-    if state == "crashed" and record["state"] == "running":
-        runs.mark_crashed(catalog, record["run_id"], why)
+    if state == "crashed":
+        if record["state"] == "running":
+            runs.mark_crashed(catalog, record["run_id"], why)
+        why = why or record.get("crash") or record.get("error") or "recorded crashed"
         console.print(f"run {record['run_id']} crashed ({why}): resuming it", highlight=False)
     params = record.get("parameters") or {}
     runner = _runner_options(dask, threads, params)
