@@ -12,12 +12,15 @@ primitive model:
 * **bare**: N spawned processes, each with every N-th file; a plain loop of read → decode →
   detect + align → score (batches of ``score_batch_size`` crops across images), with each of
   the two detection settings below. No sha256, no JPEG crops, no Parquet, no Prefect. Timed
-  from the moment every process has its models loaded to the last one finishing.
+  from the moment every process has its models loaded to the last one finishing; each
+  process also adds up its thread's CPU time per stage (decode, detect, align, score).
+* **detection alone**: ``FaceFinder.detect`` full and auto on the same photos in one
+  process, interleaved photo by photo, so that load from elsewhere hits both alike.
 * **flow full**: ``flows.ingest.nightly_ingest`` with ``workers=N`` into a fresh catalog,
   detecting today's way: the whole image at up to ``max_side``.
 * **flow auto**: the same flow with scale-aware detection (``detect_scale: auto``, the
   default: search at the scale the smallest kept face needs, then detect each face again at
-  ~``refine_px``; ``omnifer.faces.FaceFinder``).
+  ~``refine_px``; ``omnifer.faces.finder.FaceFinder``).
 
 Both flows are timed around the flow call, after a warm-up flow has started Prefect's temporary
 server (a deployment has one running). Then each flow's ``faces`` are matched to the world's
@@ -53,6 +56,7 @@ from _common import (
 )
 
 DATE = "2026-12-01"
+STAGES = ("decode", "detect", "align", "score")
 
 
 def _cpu_s() -> float:
@@ -69,7 +73,7 @@ def _bare_worker(files: list[str], threads: int, model_dir: str, scale: str, bar
     from omnifer.config import load_settings
     from omnifer.curation.scoring import Scorer
     from omnifer.errors import DecodeError
-    from omnifer.faces import create_detector, detect_and_align
+    from omnifer.faces import align_face, create_detector
     from omnifer.imaging.decode import decode_image
     from omnifer.models.checkpoints import load_checkpoint
 
@@ -83,21 +87,32 @@ def _bare_worker(files: list[str], threads: int, model_dir: str, scale: str, bar
     barrier.wait()
     start, cpu0 = time.time(), _cpu_s()
     faces, buf = 0, []
+    stages = dict.fromkeys(STAGES, 0.0)  # CPU seconds of this thread per stage
+    clock = time.thread_time
     for f in files:
+        t0 = clock()
         try:
             decoded = decode_image(Path(f).read_bytes(), max_pixels=s.max_pixels)
         except DecodeError:
             continue
-        found = detect_and_align(decoded.image, detector, min_face_size=s.min_face_size,
-                                 min_score=s.min_det_score)
-        buf += [a.crop for a in found]
-        faces += len(found)
+        t1 = clock()
+        dets = [d for d in detector.detect(decoded.image)
+                if d.score >= s.min_det_score and d.size >= s.min_face_size]
+        t2 = clock()
+        buf += [align_face(decoded.image, d.landmarks5) for d in dets]
+        faces += len(dets)
+        t3 = clock()
         if len(buf) >= s.score_batch_size:
             scorer.score(np.stack(buf))
             buf = []
+        t4 = clock()
+        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[name] += dt
+    t = clock()
     if buf:
         scorer.score(np.stack(buf))
-    queue.put((start, time.time(), len(files), faces, _cpu_s() - cpu0))
+    stages["score"] += clock() - t
+    queue.put((start, time.time(), len(files), faces, _cpu_s() - cpu0, stages))
 
 
 def bare_loop(files: list[Path], processes: int, model: Path, scale: str) -> dict[str, float]:
@@ -120,7 +135,8 @@ def bare_loop(files: list[Path], processes: int, model: Path, scale: str) -> dic
     wall = max(o[1] for o in out) - min(o[0] for o in out)
     images = sum(o[2] for o in out)
     return {"images": images, "faces": sum(o[3] for o in out), "seconds": wall,
-            "images_per_s": images / wall, "cpu_ms": 1000 * sum(o[4] for o in out) / images}
+            "images_per_s": images / wall, "cpu_ms": 1000 * sum(o[4] for o in out) / images,
+            **{f"{k}_ms": 1000 * sum(o[5][k] for o in out) / images for k in STAGES}}
 
 
 def flow_run(world: Path, workers: int, shard_size: int, model: Path, root: Path,
@@ -156,23 +172,25 @@ def flow_run(world: Path, workers: int, shard_size: int, model: Path, root: Path
 
 def detection_quality(faces: Any, world: Path, min_iou: float = 0.5) -> dict[str, float]:
     """Recall and precision of ``faces`` (source_uri, bbox, landmarks5) against the world's
-    true faces (greedy IoU matching per image, as ``omnifer.truth.match_faces``), and the
+    true faces (greedy IoU matching per image, as ``omnifer.demo.truth.match_faces``), and the
     median / 90th-percentile landmark error of matched faces: mean distance of the five
     landmarks to the true ones over the true inter-ocular distance."""
+    from urllib.parse import unquote
+
     import numpy as np
 
-    from omnifer.truth import _relpath, _root_prefix, iou, load_truth
+    from omnifer.demo.truth import iou, load_truth
 
     truth = load_truth(world).to_pylist()
     by_image: dict[str, list[dict]] = {}
     for t in truth:
         by_image.setdefault(t["relpath"], []).append(t)
-    prefix = _root_prefix(world / "unlabeled")
+    prefix = "file://" + str((world / "unlabeled").resolve()) + "/"
     detected: dict[str, list[dict]] = {}
     for row in faces.to_pylist():
-        rel = _relpath(row["source_uri"], prefix)
-        if rel is not None:
-            detected.setdefault(rel, []).append(row)
+        uri = unquote(row["source_uri"])
+        if uri.startswith(prefix):
+            detected.setdefault(uri[len(prefix):], []).append(row)
     errors, matched = [], 0
     for rel, dets in detected.items():
         true = by_image.get(rel, [])
@@ -201,6 +219,47 @@ def detection_quality(faces: Any, world: Path, min_iou: float = 0.5) -> dict[str
             "precision": matched / n_det if n_det else 0.0,
             "lm_median": float(np.median(errors)) if errors else float("nan"),
             "lm_p90": float(np.percentile(errors, 90)) if errors else float("nan")}
+
+
+def detection_alone(files: list[Path], sample: int) -> dict[str, dict[str, float]]:
+    """CPU ms per photo of ``FaceFinder.detect`` alone, full and auto, in this process with one
+    OpenCV thread, the two settings interleaved photo by photo (alternating which goes first)
+    so that load from elsewhere on a shared machine hits both alike; ``sample`` photos."""
+    import cv2
+
+    from omnifer.config import load_settings
+    from omnifer.errors import DecodeError
+    from omnifer.faces import create_detector
+    from omnifer.imaging.decode import decode_image
+
+    s = load_settings().ingest
+    finders = {scale: create_detector(s.detector, score_threshold=s.min_det_score,
+                                      max_side=s.max_side, scale=scale,
+                                      min_face_size=s.min_face_size, refine_px=s.refine_px,
+                                      whole_frame=s.whole_frame)
+               for scale in ("full", "auto")}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    cpu = dict.fromkeys(finders, 0.0)
+    found = dict.fromkeys(finders, 0)
+    n = 0
+    try:
+        for i, f in enumerate(files[:sample]):
+            try:
+                image = decode_image(f.read_bytes(), max_pixels=s.max_pixels).image
+            except DecodeError:
+                continue
+            n += 1
+            for scale in (("full", "auto") if i % 2 else ("auto", "full")):
+                t = time.thread_time()
+                dets = finders[scale].detect(image)
+                cpu[scale] += time.thread_time() - t
+                found[scale] += sum(d.score >= s.min_det_score and d.size >= s.min_face_size
+                                    for d in dets)
+    finally:
+        cv2.setNumThreads(threads)
+    return {scale: {"ms": 1000 * cpu[scale] / max(n, 1), "faces": found[scale], "photos": n}
+            for scale in finders}
 
 
 def real_photos() -> dict[str, Any]:
@@ -241,6 +300,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=128)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--only", choices=["bare", "flow"], default=None)
+    ap.add_argument("--detect-sample", type=int, default=500,
+                    help="photos for the detection-alone comparison (0: skip it)")
     ap.add_argument("--dask", action="store_true", help="Also: thread runner vs a Dask "
                     "LocalCluster on the same files (benchmarks/ingest_dask.py)")
     args = ap.parse_args()
@@ -290,6 +351,12 @@ def main() -> None:
                 ["workers", "detection", "bare img/s", "flow img/s", "flow vs full", "flow/bare",
                  "flow s", "in shards", "bare CPU ms/img", "flow CPU ms/img", "faces"],
                 rows)
+    if bare:
+        print_table("Bare loop: CPU ms per image in each stage (its own thread's CPU time; "
+                    "detect = FaceFinder.detect, score = the model on the crops and their flip)",
+                    ["workers", "detection", *STAGES, "all"],
+                    [[n, scale, *(b[f"{k}_ms"] for k in STAGES), b["cpu_ms"]]
+                     for (n, scale), b in bare.items()])
     if flows:
         qrows = [[n, scale, f["matched"], f["true_faces"], f["recall"], f["precision"],
                   100 * f["lm_median"], 100 * f["lm_p90"]]
@@ -300,6 +367,13 @@ def main() -> None:
                      "landmark err median %", "p90 %"], qrows)
         for (n, scale), f in flows.items():
             print(f"  x{n} {scale}: detector_version {f['detector_version']}")
+    if args.detect_sample:
+        alone = detection_alone(files, args.detect_sample)
+        print_table(f"Detection alone, one thread, full and auto interleaved photo by photo "
+                    f"({alone['full']['photos']} photos)",
+                    ["detection", "CPU ms/photo", "vs full", "faces kept"],
+                    [[scale, a["ms"], alone["full"]["ms"] / a["ms"], a["faces"]]
+                     for scale, a in alone.items()])
     photos = [[scale, *real_photo_faces(scale)] for scale in ("full", "auto")]
     print_table("Real photos installed packages ship (astronaut, Grace Hopper, insightface t1)",
                 ["detection", "faces found", "faces there"], photos)

@@ -191,22 +191,23 @@ def test_tight_crops_give_their_one_face(name: str, scenes, real_faces, omnifer_
                                          ) -> None:
     """A face that fills the frame is found with every detector (issue 16): SCRFD found none
     in such crops before the whole-frame pass (its scores collapse for faces over ~40 % of
-    its input); now >= 97 % of crops give exactly one face, whatever the detection scale."""
+    its input); now >= 97 % of crops give exactly one face (SCRFD: with the default scale,
+    ``auto``; ``full`` upscales small crops to SCRFD's 640 px input and runs long)."""
     crops = _tight_crops(scenes, real_faces)
-    for scale in ("auto", "full"):
+    for scale in ("auto", "full") if name == "yunet" else ("auto",):
         finder = create_detector(name, model_home=omnifer_home, scale=scale)
         counts = [len(detect_and_align(c, finder)) for c in crops]
-        share = counts.count(1) / len(counts)
         print(f"{name} {scale}: {counts.count(1)}/{len(counts)} crops give one face")
-        if scale == "auto" or name == "yunet":
-            assert share >= 0.97, (scale, counts)
-        for c, n in zip(crops, counts, strict=True):  # what is found lies on the crop
+        assert counts.count(1) / len(counts) >= 0.97, (scale, counts)
+        for c, n in zip(crops[::7], counts[::7], strict=True):  # found on the crop itself
             if n == 1:
-                d = finder.detect(c)[0]
-                _check([d], c)
+                _check(finder.detect(c), c)
     if name == "scrfd":  # the behaviour this replaces: no padding, SCRFD's own 640 input
         before = create_detector(name, model_home=omnifer_home, scale="full", whole_frame=False)
-        assert sum(len(before.detect(c)) == 1 for c in crops) / len(crops) < 0.5
+        some = crops[::5]
+        ok = sum(len(detect_and_align(c, before)) == 1 for c in some)
+        print(f"{name} before (full, no whole-frame pass): {ok}/{len(some)} crops give one face")
+        assert ok < 0.5 * len(some)
 
 
 def _landmark_errors(finder, scenes) -> tuple[int, int, list[float]]:

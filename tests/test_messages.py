@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers_ast import parse
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ MENTION = re.compile(r"(?:(?<=['`])|(?<=bin/))omnifer ([^'`\n]*)")
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse(path)
     return [(node.lineno, node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 

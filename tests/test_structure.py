@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_ast import parse
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "omnifer"
@@ -35,7 +36,7 @@ def _imports(path: Path, name: str) -> set[str]:
     """Every module ``path`` imports, at any depth of the file (function-level included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -117,7 +118,7 @@ def test_library_modules_are_small() -> None:
 
 def _environment_reads(path: Path) -> list[int]:
     """Lines of ``path`` that touch ``os.environ``/``os.getenv``/``os.putenv`` (any form)."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse(path)
     lines = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv",

@@ -132,6 +132,9 @@ class YuNetDetector:
 
     name = "yunet"
     version = "yunet-2023mar"
+    # Demo world (README, Face detection): candidates (score >= 0.2) found for 97 % of faces
+    # 14-16 px wide; landmarks stop improving from faces ~150 px tall (median error vs the true
+    # landmarks 14 % of the inter-ocular distance at 128 px, 11 % at 160 px), 20 % context.
     min_face_px = 14.0
     refine_px = 160
     refine_context = 1.2
@@ -189,6 +192,10 @@ class ScrfdDetector:
 
     name = "scrfd"
     version = "scrfd-500m"
+    # Demo world: candidates for 97 % of faces from 20 px wide (SCRFD-500M sees small faces
+    # less well than YuNet at the same input size); landmarks refined at 64 px are within a
+    # point of full resolution's (7.2 % vs 6.5 % of the inter-ocular distance, 600 scenes);
+    # a face must fill at most 40 % of the input (insightface issue #1518).
     min_face_px = 20.0
     refine_px = 64
     refine_context = 2.5

@@ -49,8 +49,8 @@ class DetectorBackend(Protocol):
 
     Measured properties :class:`FaceFinder` plans with (demo world; README, *Face
     detection*): ``min_face_px``, the face width (px at the network's input) from which it
-    finds ≥ 97 % of faces as candidates (score ≥ half the threshold); ``refine_px``, the face
-    size (longer box side) from which its landmarks are as good as they get;
+    finds ≥ 97 % of faces as candidates (score ≥ a third of the threshold); ``refine_px``, the
+    face size (longer box side) from which its landmarks are as good as they get;
     ``refine_context``, the crop side around a face it needs, in face sizes (SCRFD's scores
     collapse when a face fills more than ~40 % of its input). ``full_side``: the long side
     ``scale="full"`` detects at when the model has an input size of its own (else None: the
