@@ -25,7 +25,7 @@ threads and dask back to back, so that load from elsewhere on a shared machine h
 Target (issue 18): dask/threads images/s >= 0.9 on one machine.
 
 ``--malloc`` measures instead what Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (set by its nanny in
-every worker) costs the shard work, and what ``omnifer.heap.keep_large_blocks`` (which the
+every worker) costs the shard work, and what ``omnifer.runtime.heap.keep_large_blocks`` (which the
 shard task calls once per Dask worker) gives back: one process per setting decodes, detects
 and scores the same 80 scenes three times (after one warm-up pass) and reports CPU per image,
 page faults per image and its peak RSS.
