@@ -43,8 +43,8 @@ from omnifer.models.calibration import expected_calibration_error
 from omnifer.models.checkpoints import load_checkpoint
 from omnifer.models.onnx_import import export_onnx, import_onnx
 from omnifer.models.versions import local_checkpoint
-from omnifer.retrain import with_teacher_targets
 from omnifer.training.evaluate import evaluate_model, pseudo_label_precision
+from omnifer.training.retrain import with_teacher_targets
 from omnifer.training.train import TrainConfig, train_model
 
 WORLD_SEED = 7

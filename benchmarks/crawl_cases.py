@@ -64,7 +64,7 @@ class Table:
 
 # -- set-up ----------------------------------------------------------------------------------
 def _setup_env(work: Path) -> None:
-    from omnifer import modelfiles
+    from omnifer.models import modelfiles
 
     quiet_prefect(work)
     for key, value in {"OMNIFER_PROGRESS": "log", "PYTHONDONTWRITEBYTECODE": "1",

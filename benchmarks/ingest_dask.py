@@ -185,8 +185,8 @@ def dask_comparison(world: Path, model: Path, work: Path, workers: int = 2,
                     LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                  host="127.0.0.1", dashboard_address=None) as cluster, \
                     Client(cluster) as client:
-                for module in ("tasks.ingest", "omnifer.faces", "omnifer.model",
-                               "omnifer.scoring"):
+                for module in ("tasks.ingest", "omnifer.faces", "omnifer.models.checkpoints",
+                               "omnifer.curation.scoring"):
                     client.run(__import__, module)  # imports (this process has them)
                 pids = sorted(client.run(os.getpid).values())
                 # The nannies and the scheduler run in this process: counted with the flow.
@@ -235,13 +235,13 @@ def _malloc_probe(world: str, model: str, keep_mib: str) -> None:
     import numpy as np
     import torch
 
-    from omnifer import heap
     from omnifer.config import load_settings
     from omnifer.curation.scoring import Scorer
     from omnifer.errors import DecodeError
     from omnifer.faces import create_detector, detect_and_align
     from omnifer.imaging.decode import decode_image
     from omnifer.models.checkpoints import load_checkpoint
+    from omnifer.runtime import heap
 
     if keep_mib != "-":
         heap.keep_large_blocks(int(keep_mib), 2 * int(keep_mib))

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ("omnifer", "tasks", "flows")
+FOLDERS = ("omnifer", "tasks", "flows", "benchmarks")
 _CHILD = """
 import ast, pickle, sys
 from pathlib import Path
@@ -37,7 +37,7 @@ def _trees() -> dict[str, object]:
 
 
 def parse(path: Path):  # -> ast.Module
-    """The AST of ``path`` (a ``.py`` file under omnifer/, tasks/ or flows/ of this checkout)."""
+    """The AST of ``path``, a ``.py`` file under one of ``FOLDERS`` of this checkout."""
     trees = _trees()
     key = str(path)
     if key not in trees:
