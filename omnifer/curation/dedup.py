@@ -49,7 +49,7 @@ from omnifer.curation.hashing import (
     BandIndex,
     face_hash,
     hamming_matrix,
-    pixel_difference,
+    pixel_differences,
     to_words,
     union_find,
 )
@@ -160,7 +160,7 @@ def _verify(catalog: DataCatalog, ids: list[str], dates: list[str],
            if use_embeddings else {})
     images, ok = decode_crops([crops.get(ids[k]) for k in need])
     pos = {k: n for n, k in enumerate(need)}
-    out = []
+    todo: list[tuple[int, int, float]] = []
     for a, b in pairs:
         cos = float("nan")
         if use_embeddings:
@@ -171,15 +171,13 @@ def _verify(catalog: DataCatalog, ids: list[str], dates: list[str],
             cos = float(np.dot(ea, eb))
             if cos < min_cosine:
                 continue
-        if not ok[pos[a]]:
+        if not ok[pos[a]] or (crops_b is None and not ok[pos[b]]):
             continue
-        img_b = crops_b[b] if crops_b is not None else images[pos[b]]
-        if crops_b is None and not ok[pos[b]]:
-            continue
-        diff = pixel_difference(images[pos[a]], img_b)
-        if diff <= max_diff:
-            out.append((a, b, cos, diff))
-    return out
+        todo.append((a, b, cos))
+    diffs = pixel_differences([(images[pos[a]], crops_b[b] if crops_b is not None
+                                else images[pos[b]]) for a, b, _ in todo])
+    return [(a, b, cos, diff) for (a, b, cos), diff in zip(todo, diffs, strict=True)
+            if diff <= max_diff]
 
 
 def deduplicate_night(catalog: DataCatalog, ingest_date: str, model_version: str,
