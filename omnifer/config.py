@@ -269,11 +269,16 @@ def load_catalog(path: Path | str, root_override: str | None = None) -> Catalog:
         raise ConfigError(
             f"catalog file {path} not found: run from the repository root or set OMNIFER_CATALOG"
         )
+    if path.is_dir():
+        raise ConfigError(f"catalog file {path} is a folder: OMNIFER_CATALOG names the YAML file "
+                          "(data_catalog.yaml); to move the data, set OMNIFER_CATALOG_ROOT")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         catalog = Catalog(**raw)
     except (yaml.YAMLError, ValidationError, TypeError) as exc:
         raise config_error(f"catalog {path}", exc) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"catalog file {path} cannot be read: {exc}") from None
     root = root_override or catalog.root
     if root.startswith("file://"):
         root = root[len("file://") :]

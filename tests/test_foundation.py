@@ -55,6 +55,19 @@ def test_invalid_settings_and_catalog_give_one_clear_error(
     bad.write_text("root: x\ndatasets:\n  images: {uri: images}\n")
     with pytest.raises(ConfigError, match="lacks datasets"):
         load_catalog(bad)
+    # OMNIFER_CATALOG set to the data folder instead of the YAML file, or to a binary file:
+    # one line through the CLI, never a traceback.
+    binary = tmp_path / "cat.bin"
+    binary.write_bytes(b"\xd0\xff\x00" * 10)
+    for wrong, says in ((tmp_path, "is a folder"), (binary, "cannot be read")):
+        with pytest.raises(ConfigError, match=says):
+            load_catalog(wrong)
+        env = {**os.environ, "OMNIFER_CATALOG": str(wrong)}
+        env.pop("OMNIFER_INGEST__SHARD_SIZE", None)
+        res = subprocess.run([sys.executable, "-m", "omnifer", "catalog"], env=env,
+                             capture_output=True, text=True, cwd=REPO)
+        assert res.returncode != 0 and says in res.stderr + res.stdout
+        assert "Traceback" not in res.stderr
 
 
 def test_write_is_atomic_idempotent_and_visible_to_duckdb(data_catalog: DataCatalog) -> None:
