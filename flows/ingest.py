@@ -21,9 +21,7 @@ from prefect.deployments import run_deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import flow_run_id
-from flows.distill import distill_flow
 from flows.hooks import end_run_record
-from flows.retrain import retrain_flow
 from flows.runners import (
     RunnerChoice,
     choose_runner,
@@ -43,6 +41,7 @@ from omnifer.params import check_date
 from omnifer.pipeline import ingest
 from omnifer.runtime import heap
 from omnifer.runtime.progress import Meter
+from omnifer.runtime.timing import StepClock
 from omnifer.sources import Source, parse_source
 from tasks.backfill import dedup_task
 from tasks.ingest import compact_task, plan_task, select_task, shard_task, summarize_task
@@ -83,6 +82,7 @@ def nightly_ingest(
     processes for this run); an address alone implies ``dask``. Dask needs the ``dask`` extra
     and a Prefect server (``PREFECT_API_URL``); without them the run fails before it starts.
     """
+    clock = StepClock()  # where the night's wall time goes: one log line at its end
     if date is not None:  # before anything else: it names the night's folders
         check_date(date, "date")
     settings = load_settings()
@@ -112,25 +112,27 @@ def nightly_ingest(
     with recorded_run(catalog, run_id, "nightly-ingest", ingest_date, parameters,
                       resumes=resumes) as run:
         summary = _night(run, settings, catalog, specs, ingest_date, params, runner,
-                         shard_size or settings.ingest.shard_size, retrain)
+                         shard_size or settings.ingest.shard_size, retrain, clock)
     return summary
 
 
 def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list[Source],
            ingest_date: str, params: ingest.IngestParams, runner: RunnerChoice,
            shard_size: int,
-           retrain: dict[str, Any] | None) -> dict[str, Any]:
+           retrain: dict[str, Any] | None, clock: StepClock) -> dict[str, Any]:
     """The nightly flow's stages, recorded in ``run``; raises after recording when a shard or
-    the retraining failed."""
+    the retraining failed. ``clock`` times each stage (logged at the end)."""
     logger = get_run_logger()
     run_id = run.run_id
     model_version = params.model_version
+    clock.mark("setup")
     plan = plan_task(catalog, specs, ingest_date, params, shard_size)
     logger.info("plan %s: %d objects in %d shards", plan.plan_id, plan.n_objects,
                 len(plan.shards))
     # Listed vs rowed: every listed object is planned (one images row each) or unchanged.
     run.stage("plan", "completed",
                {"plan_id": plan.plan_id, "planned": plan.n_objects, **plan.listing})
+    clock.mark("plan")
 
     results: list[ingest.ShardResult] = []
     failed: list[str] = []
@@ -180,6 +182,7 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
                        "data is gone: run `omnifer catalog verify --repair`, then `omnifer "
                        "rerun --date %s --force`", counts["blocked"], ingest_date, ingest_date)
     run.stage("shards", "failed" if failed else "completed", counts)
+    clock.mark("shards")
     if not failed and settings.ingest.compact:
         # One file per night and dataset, before anything reads the night back.
         try:
@@ -190,6 +193,7 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
                          "catalog compact --date %s` tries again): %s", ingest_date,
                          ingest_date, exc)
             run.stage("compact", "failed", {"error": str(exc)})
+        clock.mark("compact")
 
     policy = policy_from_settings(settings)
     # Near-duplicates and evaluation-set faces leave the night before selection sees it.
@@ -199,14 +203,17 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
             "removed": found.duplicates, "contaminated": found.contaminated,
             "clusters": found.clusters, "candidates": found.candidates,
             "dedup_version": found.dedup_version, "seconds": found.seconds})
+    clock.mark("dedup")
     curated = select_task(catalog, ingest_date, policy, model_version, run_id, applied)
     run.stage("select", "completed", curated.model_dump())
+    clock.mark("select")
     summary = summarize_task(catalog, ingest_date)
     summary.update(run_id=run_id, plan_id=plan.plan_id, model_version=model_version,
                    curated_version=curated.curated_version, failed_shards=failed,
                    blocked_shards=counts["blocked_ids"])
     if found is not None:
         summary.update(duplicates_removed=found.duplicates, contaminated=found.contaminated)
+    clock.mark("summary")
     retrain_error = None
     if not failed:
         trigger = trigger_retraining(catalog, settings.retrain_settings(retrain), retrain)
@@ -216,13 +223,17 @@ def _night(run: RunRecord, settings: Settings, catalog: DataCatalog, specs: list
                  "triggered" if trigger.get("triggered") else "skipped")
         run.stage("retrain-trigger", state, trigger)
     run.finish("failed" if failed or retrain_error else "completed", summary)
+    clock.mark("retrain")
     try:  # the night's data is committed: a report that fails must not fail the night
         summary["report"] = report_task(catalog, run_id)
         run.stage("report", "completed", {"uri": summary["report"]})
     except Exception as exc:
         logger.error("run report failed: %s", exc)
+    clock.mark("report")
     create_markdown_artifact(key="nightly-summary", markdown=summary_markdown(summary),
                              description=f"omnifer nightly ingest {ingest_date}")
+    clock.mark("artifact")
+    logger.info("night %s took %.2f s: %s", ingest_date, clock.total, clock.describe())
     logger.info("summary: %s", summary)
     if failed:
         raise OmniferError(f"{len(failed)} shard(s) failed: {', '.join(failed)}; "
@@ -244,6 +255,11 @@ def trigger_retraining(catalog: DataCatalog, rs: RetrainSettings,
                             "min_new_curated": rs.min_new_curated, "triggered": False}
     if not rs.enabled or new_rows < rs.min_new_curated:
         return info
+    # Imported here, not at the top: most nights do not retrain (docs/performance.md,
+    # "Fixed cost of a run").
+    from flows.distill import distill_flow
+    from flows.retrain import retrain_flow
+
     info["triggered"] = True
     try:
         if rs.recipe == "curated":  # nothing to distil: straight to retraining

@@ -252,3 +252,39 @@ def test_band_index_finds_planted_near_pairs_with_bounded_work() -> None:
     qi, qj, qd = BandIndex(words).pairs(15, involving=tonight, neighbours=1)
     assert set(zip(qi.tolist(), qj.tolist(), strict=True)) >= truth
     assert len(nearest(qi, qj, qd, 1)) == len(qi)
+
+
+def test_band_index_for_a_few_new_hashes_finds_the_pairs_of_the_whole_sort() -> None:
+    """Sorting only the buckets of the night's hashes (what makes one new face against a big
+    history cheap) gives the pairs, distances and comparison count of sorting every bucket,
+    also in buckets larger than the window (look-alikes) and with the nearest-k filter."""
+    from omnifer.curation.hashing import BandIndex
+
+    rng = np.random.default_rng(5)
+    checked = 0
+    for trial in range(24):
+        n = int(rng.integers(200, 2500))
+        bits = (rng.random((n, 256)) < 0.5).astype(np.uint8)
+        templates = (rng.random((3, 256)) < 0.5).astype(np.uint8)
+        alike = rng.random(n) < 0.4  # share 96 bits with a template: buckets of hundreds
+        bits[alike, :96] = templates[rng.integers(0, 3, int(alike.sum())), :96]
+        for i in rng.choice(n, n // 5, replace=False):  # near copies
+            j = int(rng.integers(0, n))
+            bits[j] = bits[i]
+            bits[j, rng.choice(256, int(rng.integers(0, 40)), replace=False)] ^= 1
+        words = np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
+        tonight = rng.random(n) < [0.002, 0.02, 0.3, 1.0][trial % 4]
+        valid = rng.random(n) < 0.95
+        args = dict(involving=tonight, valid=valid, neighbours=[None, 1, 4][trial % 3])
+        bands, window = [8, 16, 32][trial % 3], [1, 3, 64][(trial // 3) % 3]
+        distance = [8, 48, 100][(trial // 2) % 3]
+        fast = BandIndex(words, bands, window)
+        got = fast.pairs(distance, **args)
+        whole = BandIndex(words, bands, window)
+        whole._only_involved_buckets = False
+        want = whole.pairs(distance, **args)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w, err_msg=f"trial {trial}")
+        assert fast.compared == whole.compared
+        checked += len(got[0])
+    assert checked > 100  # the trials found pairs to compare

@@ -85,6 +85,37 @@ def test_detect_and_align_crops_sorted_and_filtered(detector, group: np.ndarray)
     assert big[0].crop.shape == (224, 224, 3)
 
 
+def test_alignment_is_insightfaces_norm_crop_bit_for_bit(group: np.ndarray) -> None:
+    """omnifer's own alignment (no insightface import at ingest start) gives the crops of
+    insightface's ``norm_crop``: the t1 faces, random landmarks, and degenerate ones."""
+    import warnings
+
+    from insightface.utils import face_align
+
+    from omnifer.faces.align import TEMPLATE_5PT, align_face
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(300):
+        angle, scale = rng.uniform(-1.2, 1.2), rng.uniform(0.3, 4.0)
+        rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        noise = rng.normal(0, rng.uniform(0, 6), (5, 2))
+        cases.append(TEMPLATE_5PT @ rot.T + rng.uniform(0, 500, 2) + noise)
+    cases += [np.full((5, 2), 40.0), np.zeros((5, 2))]  # rank 0: a NaN transform
+    cases += [np.array([[0, 0], [10, 0], [20, 0], [30, 0], [40, 0]])]  # collinear: rank 1
+    np.testing.assert_array_equal(TEMPLATE_5PT, face_align.arcface_dst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # insightface's deprecated scikit-image call
+        for i, pts in enumerate(cases):
+            pts = np.asarray(pts, np.float32)
+            size = 224 if i % 3 == 0 else 112
+            ours = align_face(group, pts, size)
+            theirs = face_align.norm_crop(group, pts, image_size=size)
+            assert ours.shape == (size, size, 3)
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"case {i}")
+    assert sum(align_face(group, c.astype(np.float32)).std() > 10 for c in cases[:300]) > 100
+
+
 def test_no_faces_in_blank_or_tiny_images(detector) -> None:
     for shape in [(480, 640, 3), (1, 1, 3), (7, 3, 3)]:
         assert detector.detect(np.full(shape, 128, np.uint8)) == []

@@ -46,6 +46,7 @@ from omnifer.curation import evalsets
 from omnifer.curation.curated import DedupApplied
 from omnifer.curation.embeddings import decode_crops, embeddings_for, read_crops
 from omnifer.curation.hashing import (
+    HASH_BYTES,
     BandIndex,
     face_hash,
     hamming_matrix,
@@ -98,7 +99,10 @@ def _faces_upto(catalog: DataCatalog, ingest_date: str) -> pa.Table:
     cols = ["face_id", "face_hash", "det_score", "face_size", "ingest_date"]
     table = catalog.read("faces", columns=cols, filter=ds.field("ingest_date") <= ingest_date)
     table = table.sort_by([("ingest_date", "ascending"), ("face_id", "ascending")])
-    if table.num_rows:  # a face written twice (two shards, same bytes) counts once
+    # A face written twice (two shards, same bytes) counts once. That is rare: Arrow's
+    # hashing finds none in ~0.25 s per million ids, where sorting them as Python strings
+    # took ~0.8 s.
+    if table.num_rows and len(pc.unique(table["face_id"])) < table.num_rows:
         _, first = np.unique(np.asarray(table["face_id"].to_pylist(), object),
                              return_index=True)
         table = table.take(pa.array(np.sort(first)))
@@ -107,17 +111,35 @@ def _faces_upto(catalog: DataCatalog, ingest_date: str) -> pa.Table:
 
 def _hashes(catalog: DataCatalog, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Hash words of every face; faces ingested before hashes existed are hashed from crops."""
-    hashes = table["face_hash"].to_pylist()
-    missing = [i for i, h in enumerate(hashes) if h is None]
+    words, valid = _stored_words(table["face_hash"])
+    missing = np.flatnonzero(~valid).tolist()
     if missing:
         ids = [table["face_id"][i].as_py() for i in missing]
         crops = read_crops(catalog, ids)
         images, ok = decode_crops([crops.get(f) for f in ids])
-        for k, i in enumerate(missing):
-            if ok[k]:
-                hashes[i] = face_hash(images[k])
+        found = [face_hash(images[k]) if ok[k] else None for k in range(len(missing))]
+        words[missing], valid[missing] = to_words(found)
         log.info("dedup: hashed %d faces stored without a face hash", int(ok.sum()))
-    return to_words(hashes)
+    return words, valid
+
+
+def _stored_words(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`omnifer.curation.hashing.to_words` of a ``binary(32)`` column, read from its
+    buffer instead of a million Python bytes objects (~1 s per million faces)."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not pa.types.is_fixed_size_binary(array.type) or array.type.byte_width != HASH_BYTES:
+        return to_words(array.to_pylist())
+    n = len(array)
+    valid = (np.ones(n, bool) if array.null_count == 0 else
+             np.asarray(array.is_valid().to_numpy(zero_copy_only=False), bool))
+    data = array.buffers()[1]
+    if data is None:  # no value at all (a column older files lack)
+        return np.zeros((n, HASH_BYTES // 8), np.uint64), valid
+    raw = np.frombuffer(data, np.uint8, count=(array.offset + n) * HASH_BYTES)
+    raw = raw[array.offset * HASH_BYTES:].reshape(n, HASH_BYTES)
+    words = raw.view(">u8").astype(np.uint64)  # big-endian words, as to_words reads them
+    words[~valid] = 0
+    return words, valid
 
 
 def _old_clusters(catalog: DataCatalog, ingest_date: str) -> dict[str, tuple[str, bool]]:

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import pyarrow.dataset as ds
@@ -48,12 +49,15 @@ class WorkerResources:
         if cache is None:
             cache = cls._local.detectors = {}
         if key not in cache:
+            started = time.monotonic()
             cache[key] = create_detector(
                 params.detector, score_threshold=params.min_det_score, max_side=params.max_side,
                 scale=params.detect_scale, min_face_size=params.min_face_size,
                 refine_px=params.refine_px, whole_frame=params.whole_frame,
             )
-            log.info("loaded detector %s in process %d", params.detector, os.getpid())
+            # the seconds first: "... in process <pid>" ends the line (tests count loads per pid)
+            log.info("[%.2f s] loaded detector %s in process %d", time.monotonic() - started,
+                     params.detector, os.getpid())
         return cache[key]
 
     @classmethod
@@ -63,11 +67,13 @@ class WorkerResources:
         key = f"{params.model_uri}:{params.model_version}:{params.score_batch_size}"
         with cls._lock:
             if key not in cls._scorers:
+                started = time.monotonic()
                 path = local_checkpoint(params.model_uri, params.model_version)
                 cls._scorers[key] = Scorer(
                     load_checkpoint(path), batch_size=params.score_batch_size
                 )
-                log.info("loaded model %s in process %d", params.model_version, os.getpid())
+                log.info("[%.2f s] loaded model %s in process %d", time.monotonic() - started,
+                         params.model_version, os.getpid())
             return cls._scorers[key]
 
 
