@@ -351,6 +351,13 @@ def variable(name: str) -> str | None:
     return value or None
 
 
+def default_variable(name: str, value: str) -> None:
+    """Set environment variable ``name`` to ``value`` unless it is set, for a library that reads
+    it itself when it loads (OpenMP's ``OMP_WAIT_POLICY``: ``omnifer distill`` sets it before
+    torch loads). Here so that this module stays the one place that touches the environment."""
+    os.environ.setdefault(name, value)
+
+
 def environment() -> Environment:
     """The process's :class:`Environment` as the environment says now."""
     snapshot = tuple(

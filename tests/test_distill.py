@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import cv2
@@ -21,8 +22,10 @@ from omnifer.distill import (
     save_grids,
 )
 from omnifer.distill.augmentation import DSA
+from omnifer.distill.config import CPU_DEFAULTS, GPU_DEFAULTS
 from omnifer.distill.evaluation import evaluate_small_set, herding, random_subset
 from omnifer.distill.methods import dm_embedding_gap, gm_matching_loss
+from omnifer.distill.networks import ConvNet, reset_parameters
 from omnifer.distill.registry import METHODS
 from omnifer.errors import ConfigError, DatasetError
 from omnifer.imaging.tensors import denormalize, normalize
@@ -74,6 +77,17 @@ def test_methods_registered_and_unknown_rejected() -> None:
         DistillConfig(method="nope")
     assert DistillConfig(method="dm").lr_img == 1.0
     assert DistillConfig(method="gm").lr_img == 0.1
+
+
+def test_unset_sizes_follow_the_device() -> None:
+    sizes = ("iterations", "net_width", "batch_real")
+    cpu, gpu = DistillConfig(device="cpu"), DistillConfig(device="cuda:0")  # no CUDA needed
+    assert {k: getattr(cpu, k) for k in sizes} == CPU_DEFAULTS
+    assert {k: getattr(gpu, k) for k in sizes} == GPU_DEFAULTS
+    assert CPU_DEFAULTS["net_width"] < GPU_DEFAULTS["net_width"]
+    assert DistillConfig(device="cpu", net_width=128).net_width == 128  # explicit wins
+    stored = DistillConfig.model_validate_json(gpu.model_dump_json())  # read back on a CPU
+    assert stored.net_width == GPU_DEFAULTS["net_width"]
 
 
 def test_dm_moves_toward_class_mean_and_trains_above_chance(planted) -> None:
@@ -131,10 +145,30 @@ def test_dsa_siamese_and_differentiable() -> None:
     assert not torch.allclose(a, x)
     a.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    # Per-class draws on consecutive groups in one call == each group's slice on its own.
+    for mode in ("all", "single"):
+        grouped = DSA(mode=mode)
+        draws = [grouped.sample(1, gen, siamese=True) for _ in range(5)]
+        sizes = [3, 1, 4, 2, 3]
+        xs = torch.randn(sum(sizes), 3, 16, 16)
+        whole = grouped.apply_groups(xs, sizes, draws)
+        parts = torch.cat([grouped.apply(part, d)
+                           for part, d in zip(xs.split(sizes), draws, strict=True)])
+        assert torch.allclose(whole, parts, atol=1e-5), mode
     per_sample = DSA("flip_rotate", mode="all")(torch.ones(8, 3, 8, 8).cumsum(3), gen)
     assert any(not torch.allclose(per_sample[0], per_sample[i]) for i in range(1, 8))
     with pytest.raises(ValueError):
         DSA("color_warp")
+
+
+def test_channels_last_net_is_the_same_function() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = reset_parameters(ConvNet(3, width=8, depth=2, image_size=SIZE), gen)
+    b = copy.deepcopy(a).channels_last()
+    x = torch.randn(5, 3, SIZE, SIZE, generator=gen)
+    assert b.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(a.embed(x), b.embed(x), atol=1e-5)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
 def _encode(img: np.ndarray) -> bytes:
@@ -212,7 +246,7 @@ def _image_folder(root: Path, n: int = 6) -> None:
         cv2.imwrite(str(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}"), img)
 
 
-def test_cli_run_and_evaluate(tmp_path: Path) -> None:
+def test_cli_run_and_evaluate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from typer.testing import CliRunner
 
     import omnifer.cli.distill  # noqa: F401  (registers the sub-app)
@@ -231,12 +265,16 @@ def test_cli_run_and_evaluate(tmp_path: Path) -> None:
     assert set(table.column("class").to_pylist()) == set(CLASSES)
     assert sorted(p.name for p in (out / "grids").iterdir()) == sorted(f"{c}.png" for c in CLASSES)
     assert (out / "config.json").exists()
+    caplog.set_level("INFO", logger="omnifer.progress")
     res = runner.invoke(app, ["distill", "evaluate", "--distilled", str(out / "distilled.parquet"),
                               "--test", str(tmp_path / "data"), "--data", str(tmp_path / "data"),
                               "--num-models", "1", "--epochs", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     for name in ("distilled (dm)", "random", "herding"):
         assert name in res.output
+    # progress counts every training epoch: 3 sets x 1 model x 2 epochs
+    assert any("evaluate 3 sets x 1 ConvNets: done, 6 epoch" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
     res = runner.invoke(app, ["distill", "run", "--data", str(tmp_path / "data"), "--out",
                               str(out), "--method", "nope"])
     assert isinstance(res.exception, ConfigError)

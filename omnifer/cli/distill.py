@@ -8,6 +8,7 @@ Thin shells over :func:`omnifer.distill.methods.distill`,
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,17 @@ def _load_sampler(data: str, fmt: str, image_size: int, classes: list[str] | Non
     raise ConfigError(f"--format must be 'folder' or 'parquet', not {fmt!r}")
 
 
+def _sleeping_omp_threads() -> None:
+    """Let torch's OpenMP threads sleep, not spin, between parallel regions
+    (``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it). On 2 cores shared with other
+    work, spinning threads ran distillation up to ~10x slower (docs/performance.md). It is
+    read when torch loads, so it is set before the commands import torch (only they do)."""
+    from omnifer.config import default_variable
+
+    if "torch" not in sys.modules:
+        default_variable("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -53,9 +65,16 @@ def run(
     out: Path = typer.Option(..., "--out", help="output folder"),
     method: str = typer.Option("dm", "--method", help="dm | gm"),
     ipc: int = typer.Option(10, "--ipc", help="images per class"),
-    iterations: int = typer.Option(1000, "--iterations"),
+    iterations: int | None = typer.Option(None, "--iterations",
+                                          help="default: 1000 on a GPU, 300 on CPU"),
     image_size: int = typer.Option(32, "--image-size"),
-    batch_real: int = typer.Option(64, "--batch-real"),
+    batch_real: int | None = typer.Option(None, "--batch-real",
+                                          help="real images per class per iteration; default: "
+                                               "64 on a GPU, 32 on CPU"),
+    width: int | None = typer.Option(None, "--width",
+                                     help="ConvNet width; default: 128 on a GPU, 64 on CPU"),
+    threads: int | None = typer.Option(None, "--threads",
+                                       help="torch CPU threads (default: one per core)"),
     lr_img: float | None = typer.Option(None, "--lr-img", help="default: 1.0 DM, 0.1 GM"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -69,12 +88,17 @@ def run(
         help="mirror images in the augmentation (DSA) and in evaluation: a property of the "
              "data; default on (faces); --no-hflip for text, digits, arrows, anything chiral"),
 ) -> None:
-    """Distil DATA and write OUT/distilled.parquet, OUT/grids/<class>.png, OUT/config.json."""
+    """Distil DATA and write OUT/distilled.parquet, OUT/grids/<class>.png, OUT/config.json.
+
+    Unset, --iterations, --batch-real and --width are 1000, 64 and 128 on a GPU (the
+    literature's setting, for GPU workers) and 300, 32 and 64 on CPU (sized for 2 cores).
+    """
+    _sleeping_omp_threads()
     from omnifer.distill import distill, make_config, save_grids
 
     config = make_config(method=method, ipc=ipc, iterations=iterations, lr_img=lr_img,
                          batch_real=batch_real, image_size=image_size, seed=seed, device=device,
-                         hflip=hflip)
+                         hflip=hflip, net_width=width, threads=threads)
     sampler, names = _load_sampler(data, fmt, image_size, _split(classes), label_column,
                                    image_column)
     result = distill(sampler, names, config)
@@ -85,8 +109,10 @@ def run(
     (out / "config.json").write_text(json.dumps(
         {"config": config.model_dump(), "data": data, "format": fmt, "classes": names,
          "wall_time_s": result.wall_time_s}, indent=2))
-    console.print(f"distilled {len(names)} classes × {ipc} ({method}) in "
-                  f"{result.wall_time_s:.1f}s → {parquet} and {len(grids)} grids")
+    console.print(f"distilled {len(names)} classes × {ipc} ({method}, {config.iterations} "
+                  f"iterations, width {config.net_width}) in {result.wall_time_s:.1f}s "
+                  f"({config.iterations / max(result.wall_time_s, 1e-9):.2f} it/s) → {parquet} "
+                  f"and {len(grids)} grids")
 
 
 @distill_app.command("curated")
@@ -97,8 +123,10 @@ def curated_cmd(
     ipc: int | None = typer.Option(None, "--ipc", help="images per class"),
     iterations: int | None = typer.Option(None, "--iterations"),
     device: str | None = typer.Option(None, "--device"),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads"),
 ) -> None:
     """Distil the catalog's curated set into the ``distilled`` dataset (+ PNG grids)."""
+    _sleeping_omp_threads()
     from omnifer.catalog import DataCatalog
     from omnifer.config import load_settings
     from omnifer.distill import make_config
@@ -107,7 +135,7 @@ def curated_cmd(
     settings = load_settings()
     catalog = DataCatalog(settings.catalog)
     config = make_config(settings.retrain.distill, method=method, ipc=ipc,
-                         iterations=iterations, device=device)
+                         iterations=iterations, device=device, threads=threads)
     out = distill_curated(catalog, config, curated_version or None)
     state = "already committed" if out.skipped else f"done in {out.wall_time_s:.1f}s"
     console.print(f"distilled {out.distilled_version}: {out.method}, {out.ipc} per class from "
@@ -127,8 +155,15 @@ def evaluate(
     device: str = typer.Option("auto", "--device"),
     label_column: str = typer.Option("label", "--label-column"),
     image_column: str = typer.Option("crop", "--image-column"),
+    threads: int | None = typer.Option(None, "--threads",
+                                       help="torch CPU threads (default: one per core)"),
 ) -> None:
-    """Print test accuracy (mean ± std over fresh ConvNets): distilled vs random vs herding."""
+    """Print test accuracy (mean ± std over fresh ConvNets): distilled vs random vs herding.
+
+    Each set trains --num-models ConvNets of the distilled set's width for --epochs; progress
+    counts those epochs (a bar on a terminal, a log line every 10 s elsewhere).
+    """
+    _sleeping_omp_threads()
     import pyarrow.parquet as pq
 
     from omnifer.distill import DistilledSet, image_folder_tensors
@@ -137,7 +172,7 @@ def evaluate(
     if not distilled.exists():
         raise DatasetError(f"{distilled} does not exist")
     dset = DistilledSet.from_arrow(pq.read_table(distilled))
-    cfg = dset.config.model_copy(update={"seed": seed, "device": device})
+    cfg = dset.config.model_copy(update={"seed": seed, "device": device, "threads": threads})
     size = dset.images.shape[-1]
     test_x, test_y, _ = image_folder_tensors(test, size, dset.classes)
     baselines: tuple[str, ...] = ()

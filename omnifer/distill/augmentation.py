@@ -89,8 +89,44 @@ class DSA:
                 x = _OPS[op](self, x, _to(params[op], x))
         return x
 
+    def apply_groups(self, x: Tensor, sizes: Sequence[int],
+                     params: Sequence[dict[str, Any]]) -> Tensor:
+        """Apply ``params[g]`` (each sampled with ``siamese=True``) to the ``g``-th run of
+        ``sizes[g]`` consecutive images of ``x`` (N,C,H,W); differentiable w.r.t. ``x``.
+
+        The same result as ``dsa.apply`` on each group's slice, in one call per transform
+        instead of one per group and transform (distribution matching augments every class
+        with its own parameters, the real and the synthetic batch alike).
+        """
+        if len(sizes) != len(params):
+            raise ValueError(f"{len(sizes)} group sizes for {len(params)} parameter sets")
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        for op in self.ops:
+            groups = [g for g, p in enumerate(params) if op in p]
+            if not groups:
+                continue
+            counts = torch.tensor([sizes[g] for g in groups])
+            value = _per_image([params[g][op] for g in groups], counts)
+            if len(groups) == len(params):
+                x = _OPS[op](self, x, _to(value, x))
+                continue
+            rows = torch.cat([torch.arange(starts[g], starts[g + 1]) for g in groups])
+            rows = rows.to(x.device)
+            part = _OPS[op](self, x.index_select(0, rows), _to(value, x))
+            x = x.index_copy(0, rows, part)
+        return x
+
     def __call__(self, x: Tensor, generator: torch.Generator, siamese: bool = False) -> Tensor:
         return self.apply(x, self.sample(x.shape[0], generator, siamese=siamese))
+
+
+def _per_image(values: list[Any], counts: Tensor) -> Any:
+    """Per-group parameters (tensors of length 1, or tuples of them) → one entry per image."""
+    if isinstance(values[0], tuple):
+        return tuple(_per_image([v[i] for v in values], counts) for i in range(len(values[0])))
+    return torch.cat(values).repeat_interleave(counts)
 
 
 def _to(p: Any, x: Tensor) -> Any:
@@ -105,8 +141,12 @@ def _col(v: Tensor, n: int) -> Tensor:
 
 
 def _affine(x: Tensor, theta: Tensor) -> Tensor:
-    theta = theta.expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if theta.shape[0] == 1:  # siamese: one grid, shared (the same values as a batched
+        # affine_grid over copies, which cost more than the sampling itself on 2 CPU threads)
+        grid = F.affine_grid(theta, [1, *x.shape[1:]], align_corners=False)
+        grid = grid.expand(x.shape[0], -1, -1, -1)
+    else:
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

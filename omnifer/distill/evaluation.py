@@ -9,9 +9,10 @@ on real data as mean ± std. Baselines pick real images: :func:`random_subset` a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from torch import Tensor
 from omnifer.devices import resolve_device
 from omnifer.distill.augmentation import DSA
 from omnifer.distill.config import DistillConfig
-from omnifer.distill.methods import distill
+from omnifer.distill.methods import distill, torch_threads
 from omnifer.distill.networks import ConvNet, reset_parameters
 from omnifer.distill.samplers import ClassSampler, TensorClassSampler
+from omnifer.runtime.progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,19 @@ def _as_sampler(source: Source) -> ClassSampler:
     return source
 
 
+#: On CPU the evaluation networks run this many images at a time (gradients accumulate over
+#: the chunks of a batch: the same step, as the ConvNet's norm is per image): their
+#: activations then stay in cache, 1.2-1.5x faster per step on 2 cores than a batch of 100.
+CPU_CHUNK = 32
+
+
 @torch.no_grad()
-def accuracy(net: ConvNet, images: Tensor, labels: Tensor, batch: int = 512) -> float:
+def accuracy(net: ConvNet, images: Tensor, labels: Tensor, batch: int | None = None) -> float:
+    """Top-1 accuracy of ``net`` on ``images`` ``(N, C, H, W)`` / ``labels`` ``(N,)``, in
+    [0, 1]; ``batch`` images at a time (None: :data:`CPU_CHUNK` on CPU, 512 elsewhere)."""
     net.eval()
     device = next(net.parameters()).device
+    batch = batch or (CPU_CHUNK if device.type == "cpu" else 512)
     correct = 0
     for i in range(0, images.shape[0], batch):
         out = net(images[i : i + batch].to(device))
@@ -62,11 +73,17 @@ def train_convnet(
     width: int = 128,
     depth: int = 3,
     device: str = "auto",
+    on_epoch: Callable[[], None] | None = None,
 ) -> ConvNet:
-    """Train one fresh ConvNet on a small set (the literature's ``evaluate_synset``)."""
+    """Train one fresh ConvNet on a small set (the literature's ``evaluate_synset``).
+
+    ``images`` ``(N, C, H, W)`` normalised, ``labels`` ``(N,)``; ``on_epoch`` is called after
+    every epoch (progress). On CPU each batch runs in chunks of :data:`CPU_CHUNK` images.
+    """
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
-    net = ConvNet(num_classes, width=width, depth=depth, image_size=images.shape[-1])
+    net = ConvNet(num_classes, channels=images.shape[1], width=width, depth=depth,
+                  image_size=images.shape[-1])
     reset_parameters(net, gen)
     net = net.to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -81,12 +98,18 @@ def train_convnet(
         order = torch.randperm(n, generator=gen).to(dev)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            x = x_all[idx]
+            x, y = x_all[idx], y_all[idx]
             if dsa is not None:
                 x = dsa(x, gen, siamese=False)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y_all[idx]).backward()
+            if dev.type == "cpu" and x.shape[0] > CPU_CHUNK:
+                for xs, ys in zip(x.split(CPU_CHUNK), y.split(CPU_CHUNK), strict=True):
+                    (F.cross_entropy(net(xs), ys, reduction="sum") / x.shape[0]).backward()
+            else:
+                F.cross_entropy(net(x), y).backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch()
     return net
 
 
@@ -103,6 +126,7 @@ def evaluate_small_set(
 ) -> dict[str, Any]:
     """Train ``num_models`` fresh ConvNets on ``images`` and test on real test data.
 
+    ``train_kwargs`` go to :func:`train_convnet` (``width``, ``device``, ``on_epoch``, ...).
     Returns ``{"mean", "std", "accs"}`` (accuracies in [0, 1]).
     """
     if num_classes is None:
@@ -135,26 +159,29 @@ def herding(
     net: ConvNet | None = None,
     pool_per_class: int = 500,
     device: str = "auto",
+    width: int = 128,
 ) -> tuple[Tensor, Tensor]:
     """Herding selection per class (Welling 2009; the literature's coreset baseline).
 
-    Embeds up to ``pool_per_class`` real images per class with ``net`` (a randomly
-    initialised ConvNet when None) and greedily adds the image that brings the running mean
-    of the selected embeddings closest to the class mean.
+    Embeds up to ``pool_per_class`` real images per class with ``net`` (when None, a randomly
+    initialised ConvNet-3 of ``width``) and greedily adds the image that brings the running
+    mean of the selected embeddings closest to the class mean.
     """
     sampler = _as_sampler(source)
     gen = torch.Generator().manual_seed(seed)
     dev = resolve_device(device)
+    chunk = CPU_CHUNK if dev.type == "cpu" else 256
     parts, labels = [], []
     for c in range(sampler.num_classes):
         pool = sampler.sample(c, min(pool_per_class, sampler.count(c)), gen)
         if net is None:
             net = reset_parameters(
-                ConvNet(sampler.num_classes, image_size=pool.shape[-1]), gen
+                ConvNet(sampler.num_classes, channels=pool.shape[1], width=width,
+                        image_size=pool.shape[-1]), gen
             ).to(dev)
         net.eval()
-        feats = torch.cat([net.embed(pool[i : i + 256].to(dev)).cpu()
-                           for i in range(0, pool.shape[0], 256)])
+        feats = torch.cat([net.embed(pool[i : i + chunk].to(dev)).cpu()
+                           for i in range(0, pool.shape[0], chunk)])
         mu = feats.mean(0)
         chosen: list[int] = []
         running = torch.zeros_like(mu)
@@ -191,7 +218,8 @@ def compare_methods(
     Returns ``{name: {"mean", "std", "accs", "wall_time_s"}}``; ``distilled`` adds ready sets
     (``name -> (images, labels)``); ``method_overrides`` changes config fields per method.
     The evaluation networks train with ``config.augmentation`` (no flips when ``hflip`` is
-    False), as distillation did.
+    False), as distillation did, under ``config.threads`` torch threads; with ``progress`` a
+    meter counts their training epochs over all sets (a bar, or a log line every 10 s).
     """
     config = config or DistillConfig()
     overrides = method_overrides or {}
@@ -212,18 +240,24 @@ def compare_methods(
         if base == "random":
             images, labels = random_subset(sampler, config.ipc, seed=config.seed)
         elif base == "herding":
-            images, labels = herding(sampler, config.ipc, seed=config.seed, device=config.device)
+            with torch_threads(config.threads):
+                images, labels = herding(sampler, config.ipc, seed=config.seed,
+                                         device=config.device, width=config.net_width)
         else:
             raise ValueError(f"unknown baseline {base!r} (random, herding)")
         sets[base] = (images, labels, time.perf_counter() - start)
     out: dict[str, dict[str, Any]] = {}
-    for name, (images, labels, wall) in sets.items():
-        res = evaluate_small_set(images, labels, test_images, test_labels,
-                                 num_models=num_models, epochs=epochs, seed=config.seed,
-                                 num_classes=len(classes), width=config.net_width,
-                                 depth=config.net_depth, device=config.device,
-                                 dsa_strategy=config.augmentation)
-        res["wall_time_s"] = wall
-        out[name] = res
-        log.info("%s: %.2f ± %.2f %%", name, 100 * res["mean"], 100 * res["std"])
+    meter = Meter(f"evaluate {len(sets)} sets x {num_models} ConvNets",
+                  total=len(sets) * num_models * epochs, unit="epoch") if progress else None
+    with torch_threads(config.threads), meter or contextlib.nullcontext():
+        for name, (images, labels, wall) in sets.items():
+            res = evaluate_small_set(images, labels, test_images, test_labels,
+                                     num_models=num_models, epochs=epochs, seed=config.seed,
+                                     num_classes=len(classes), width=config.net_width,
+                                     depth=config.net_depth, device=config.device,
+                                     dsa_strategy=config.augmentation,
+                                     on_epoch=meter.advance if meter else None)
+            res["wall_time_s"] = wall
+            out[name] = res
+            log.info("%s: %.2f ± %.2f %%", name, 100 * res["mean"], 100 * res["std"])
     return out

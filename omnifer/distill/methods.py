@@ -8,9 +8,10 @@ optimises it in place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,13 +32,26 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "distill", "distribution_matching", "dm_embedding_gap", "gradient_distance",
-    "gradient_matching", "gm_matching_loss", "init_synthetic",
+    "gradient_matching", "gm_matching_loss", "init_synthetic", "torch_threads",
 ]
 
 
-def _make_net(num_classes: int, config: DistillConfig, device: torch.device) -> ConvNet:
-    return ConvNet(num_classes, width=config.net_width, depth=config.net_depth,
-                   image_size=config.image_size).to(device)
+def _make_net(num_classes: int, config: DistillConfig, device: torch.device,
+              channels: int = 3) -> ConvNet:
+    return ConvNet(num_classes, channels=channels, width=config.net_width,
+                   depth=config.net_depth, image_size=config.image_size).to(device)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: as they are), then restore."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _seed(generator: torch.Generator) -> int:
@@ -45,6 +59,21 @@ def _seed(generator: torch.Generator) -> int:
 
 
 # --------------------------------------------------------------------------- DM
+
+
+def _class_means(net: ConvNet, x: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Mean embedding per class ``(C, D)`` of ``x`` ``(Σ sizes, ...)``, classes in runs.
+
+    On CPU one class at a time: a class's activations stay in cache, where one batch of all
+    classes (320 images at width 64: 84 MB a layer) does not; measured 1.35x faster on 2
+    cores. Elsewhere one batch.
+    """
+    if x.device.type == "cpu":
+        return torch.stack([net.embed(part).mean(0) for part in x.split(list(sizes))])
+    emb = net.embed(x)
+    if len(set(sizes)) == 1:
+        return emb.view(len(sizes), sizes[0], -1).mean(1)
+    return torch.stack([part.mean(0) for part in emb.split(list(sizes))])
 
 
 def _dm_loss(
@@ -55,26 +84,22 @@ def _dm_loss(
     dsa: DSA | None,
     generator: torch.Generator,
 ) -> Tensor:
-    """Σ_c ‖mean embed(aug(real_c)) − mean embed(aug(syn_c))‖² (one forward for all)."""
-    reals, syns = [], []
-    for c, real in enumerate(real_by_class):
-        s = syn[c * ipc : (c + 1) * ipc]
-        if dsa is not None:
-            params = dsa.sample(1, generator, siamese=True)
-            real, s = dsa.apply(real, params), dsa.apply(s, params)
-        reals.append(real)
-        syns.append(s)
+    """Σ_c ‖mean embed(aug_c(real_c)) − mean embed(aug_c(syn_c))‖².
+
+    Real images pass without a graph; class ``c``'s real and synthetic images share one DSA
+    draw (siamese), applied to all classes at once (:meth:`DSA.apply_groups`).
+    """
+    num_classes = len(real_by_class)
+    sizes = [real.shape[0] for real in real_by_class]
+    real = torch.cat(real_by_class) if num_classes > 1 else real_by_class[0]
+    if dsa is not None:
+        params = [dsa.sample(1, generator, siamese=True) for _ in range(num_classes)]
+        real = dsa.apply_groups(real, sizes, params)
+        syn = dsa.apply_groups(syn, [ipc] * num_classes, params)
     with torch.no_grad():
-        emb_real = net.embed(torch.cat(reals))
-    emb_syn = net.embed(torch.cat(syns))
-    loss = syn.new_zeros(())
-    start = 0
-    for c, real in enumerate(reals):
-        mean_real = emb_real[start : start + real.shape[0]].mean(0)
-        start += real.shape[0]
-        mean_syn = emb_syn[c * ipc : (c + 1) * ipc].mean(0)
-        loss = loss + ((mean_real - mean_syn) ** 2).sum()
-    return loss
+        mean_real = _class_means(net, real, sizes)
+    mean_syn = _class_means(net, syn, [ipc] * num_classes)
+    return ((mean_real - mean_syn) ** 2).sum()
 
 
 def _make_dsa(config: DistillConfig) -> DSA | None:
@@ -120,7 +145,9 @@ def distribution_matching(
     and the class's synthetic images pass the same DSA transform; the loss is the squared
     distance of their mean embeddings, summed over classes; SGD (momentum 0.5) on pixels.
     """
-    net = _make_net(num_classes, config, device)
+    net = _make_net(num_classes, config, device, channels=syn.shape[1])
+    if device.type == "cpu":  # forward passes and input gradients only: NHWC is faster there
+        net.channels_last()
     net.train()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -214,7 +241,7 @@ def gradient_matching(
     gradient of the CE loss on a real batch and on the synthetic images (same DSA transform),
     update the images, then train the net ``gm_inner_loop`` steps on the synthetic set.
     """
-    net = _make_net(num_classes, config, device)
+    net = _make_net(num_classes, config, device, channels=syn.shape[1])
     net.train()
     dsa = _make_dsa(config)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
@@ -299,11 +326,15 @@ def distill(
     if progress:
         steps = track(steps, f"distill {config.method} ipc={config.ipc}",
                       total=config.iterations, unit="it")
-    log.info("distilling %d classes, method %s, ipc %d, %d iterations on %s",
-             num_classes, config.method, config.ipc, config.iterations, device)
-    start = time.perf_counter()
-    result = METHODS[config.method](syn, sampler, num_classes, config, generator, device, steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - start
+    log.info("distilling %d classes, method %s, ipc %d, %d iterations on %s (ConvNet width %d, "
+             "%d real per class, threads %s)", num_classes, config.method, config.ipc,
+             config.iterations, device, config.net_width, config.batch_real,
+             config.threads or torch.get_num_threads())
+    with torch_threads(config.threads):
+        start = time.perf_counter()
+        result = METHODS[config.method](syn, sampler, num_classes, config, generator, device,
+                                        steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
     return DistilledSet(syn.detach().cpu(), labels, classes, config, wall, result.losses)

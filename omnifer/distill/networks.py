@@ -39,13 +39,31 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.memory_format = torch.contiguous_format
+
+    def channels_last(self) -> ConvNet:
+        """Keep weights and activations channels-last (NHWC); the same function, in place.
+
+        On CPU (oneDNN) it made DM's forward passes 15-30 % faster but training (weight
+        gradients) slower, so only DM uses it."""
+        self.memory_format = torch.channels_last
+        return self.to(memory_format=torch.channels_last)
 
     def embed(self, x: Tensor) -> Tensor:
-        """Flattened features ``(N, feature_dim)``."""
-        return self.features(x).flatten(1)
+        """Flattened features ``(N, feature_dim)`` (in ``(C, H, W)`` order whatever the layout)."""
+        return self.features(x.contiguous(memory_format=self.memory_format)).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.embed(x))
+
+
+def _uniform_(param: Tensor, bound: float, generator: torch.Generator) -> None:
+    """U(±bound) from the CPU ``generator``: in place on CPU, drawn on CPU and copied elsewhere
+    (the same numbers either way)."""
+    if param.device.type == "cpu" and param.is_contiguous():
+        param.uniform_(-bound, bound, generator=generator)
+    else:
+        param.copy_(torch.empty(param.shape).uniform_(-bound, bound, generator=generator))
 
 
 @torch.no_grad()
@@ -59,11 +77,9 @@ def reset_parameters(net: nn.Module, generator: torch.Generator) -> nn.Module:
             weight = module.weight
             fan_in = weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform with a=sqrt(5) gives this bound
-            weight.copy_(torch.empty(weight.shape).uniform_(-bound, bound, generator=generator))
+            _uniform_(weight, bound, generator)
             if module.bias is not None:
-                module.bias.copy_(
-                    torch.empty(module.bias.shape).uniform_(-bound, bound, generator=generator)
-                )
+                _uniform_(module.bias, bound, generator)
         elif isinstance(module, (nn.GroupNorm, nn.BatchNorm2d, nn.InstanceNorm2d)):
             if getattr(module, "weight", None) is not None:
                 module.weight.fill_(1.0)

@@ -106,7 +106,7 @@ class TensorClassSampler:
 
     def sample(self, class_idx: int, n: int, generator: torch.Generator) -> Tensor:
         rows = self.index[class_idx]
-        return self.images[rows[_pick(rows.numel(), n, generator)]]
+        return self.images.index_select(0, rows[_pick(rows.numel(), n, generator)])
 
 
 class ParquetClassSampler:

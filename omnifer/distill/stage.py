@@ -56,9 +56,9 @@ class DistillResult(BaseModel):
 
 def distilled_version_for(curated_versions: Sequence[str], config: DistillConfig,
                           erasure_ids: Sequence[str] = ()) -> str:
-    """``d-<digest>`` of the curated versions and the parameters (not the device), and of the
+    """``d-<digest>`` of the curated versions and the parameters (not device or threads), and the
     erasure requests that removed rows from those versions, if any."""
-    params = config.model_dump(mode="json", exclude={"device"})
+    params = config.model_dump(mode="json", exclude={"device", "threads"})
     key: list = [sorted(curated_versions), params]
     if erasure_ids:
         key.append(sorted(erasure_ids))
