@@ -90,6 +90,22 @@ def test_unset_sizes_follow_the_device() -> None:
     assert stored.net_width == GPU_DEFAULTS["net_width"]
 
 
+def test_distilled_version_names_parameters_and_algorithm_revision(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same curated versions and parameters: same name (a rerun skips); another device or
+    thread count: same name; other parameters or another algorithm revision: another name."""
+    from omnifer.distill import stage
+
+    cfg = DistillConfig(method="dm", ipc=2, device="cpu")
+    name = stage.distilled_version_for(["2026-11-30.a"], cfg)
+    assert name == stage.distilled_version_for(["2026-11-30.a"],
+                                               cfg.model_copy(update={"threads": 1}))
+    assert name != stage.distilled_version_for(["2026-11-30.a"],
+                                               cfg.model_copy(update={"ipc": 3}))
+    monkeypatch.setattr(stage, "ALGORITHM_REVISION", stage.ALGORITHM_REVISION + 1)
+    assert name != stage.distilled_version_for(["2026-11-30.a"], cfg)
+
+
 def test_dm_moves_toward_class_mean_and_trains_above_chance(planted) -> None:
     sampler = TensorClassSampler(planted["x"], planted["y"])
     cfg = DistillConfig(method="dm", ipc=2, iterations=20, batch_real=32, seed=0, **TINY)

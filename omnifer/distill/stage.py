@@ -54,12 +54,19 @@ class DistillResult(BaseModel):
     grids_uri: str = ""
 
 
+ALGORITHM_REVISION = 2
+"""Bumped when a change to the methods makes the same parameters give other images, so that a
+distilled version names what made it: 2 = the CPU speed-up of 2026-11-30 (DSA draws applied
+to all classes in one call, per-class embedding on CPU; docs/performance.md)."""
+
+
 def distilled_version_for(curated_versions: Sequence[str], config: DistillConfig,
                           erasure_ids: Sequence[str] = ()) -> str:
-    """``d-<digest>`` of the curated versions and the parameters (not device or threads), and the
-    erasure requests that removed rows from those versions, if any."""
+    """``d-<digest>`` of the curated versions, the parameters (not device or threads) and
+    :data:`ALGORITHM_REVISION`, and of the erasure requests that removed rows from those
+    versions, if any."""
     params = config.model_dump(mode="json", exclude={"device", "threads"})
-    key: list = [sorted(curated_versions), params]
+    key: list = [sorted(curated_versions), params, {"revision": ALGORITHM_REVISION}]
     if erasure_ids:
         key.append(sorted(erasure_ids))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
