@@ -46,8 +46,8 @@ from omnifer.curation import evalsets
 from omnifer.curation.curated import DedupApplied
 from omnifer.curation.embeddings import decode_crops, embeddings_for, read_crops
 from omnifer.curation.hashing import (
-    HASH_BYTES,
     BandIndex,
+    column_words,
     face_hash,
     hamming_matrix,
     pixel_differences,
@@ -111,7 +111,7 @@ def _faces_upto(catalog: DataCatalog, ingest_date: str) -> pa.Table:
 
 def _hashes(catalog: DataCatalog, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Hash words of every face; faces ingested before hashes existed are hashed from crops."""
-    words, valid = _stored_words(table["face_hash"])
+    words, valid = column_words(table["face_hash"])
     missing = np.flatnonzero(~valid).tolist()
     if missing:
         ids = [table["face_id"][i].as_py() for i in missing]
@@ -120,25 +120,6 @@ def _hashes(catalog: DataCatalog, table: pa.Table) -> tuple[np.ndarray, np.ndarr
         found = [face_hash(images[k]) if ok[k] else None for k in range(len(missing))]
         words[missing], valid[missing] = to_words(found)
         log.info("dedup: hashed %d faces stored without a face hash", int(ok.sum()))
-    return words, valid
-
-
-def _stored_words(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`omnifer.curation.hashing.to_words` of a ``binary(32)`` column, read from its
-    buffer instead of a million Python bytes objects (~1 s per million faces)."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not pa.types.is_fixed_size_binary(array.type) or array.type.byte_width != HASH_BYTES:
-        return to_words(array.to_pylist())
-    n = len(array)
-    valid = (np.ones(n, bool) if array.null_count == 0 else
-             np.asarray(array.is_valid().to_numpy(zero_copy_only=False), bool))
-    data = array.buffers()[1]
-    if data is None:  # no value at all (a column older files lack)
-        return np.zeros((n, HASH_BYTES // 8), np.uint64), valid
-    raw = np.frombuffer(data, np.uint8, count=(array.offset + n) * HASH_BYTES)
-    raw = raw[array.offset * HASH_BYTES:].reshape(n, HASH_BYTES)
-    words = raw.view(">u8").astype(np.uint64)  # big-endian words, as to_words reads them
-    words[~valid] = 0
     return words, valid
 
 

@@ -27,7 +27,7 @@ from omnifer.catalog.plans import digest
 from omnifer.config import Settings, join_uri
 from omnifer.config_sections import EvalSetSpec
 from omnifer.curation.embeddings import decode_crops, model_scorer
-from omnifer.curation.hashing import face_hash, to_words
+from omnifer.curation.hashing import column_words, face_hash
 from omnifer.errors import DatasetError
 from omnifer.labeled.formats import read_dataset
 
@@ -85,7 +85,7 @@ def load_eval_index(catalog: DataCatalog, specs: list[EvalSetSpec],
     crops, _ = decode_crops(table["crop"].to_pylist(), CROP_SIZE)
     emb = table["embedding"].to_pylist()
     return EvalIndex(items=table["item"].to_pylist(),
-                     words=to_words(table["face_hash"].to_pylist())[0],
+                     words=column_words(table["face_hash"])[0],
                      embeddings=np.asarray(emb, np.float32).reshape(len(emb), -1),
                      crops=crops, digest=key)
 

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 HASH_BITS = 256
 HASH_BYTES = HASH_BITS // 8
@@ -54,6 +55,29 @@ def to_words(hashes: Iterable[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     valid = np.array([h is not None and len(h) == HASH_BYTES for h in items], bool)
     raw = b"".join(h if ok else bytes(HASH_BYTES) for h, ok in zip(items, valid, strict=True))
     words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(items), _WORDS)
+    return words, valid
+
+
+def column_words(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`to_words` of a stored ``face_hash`` column (``binary(32)``, nulls allowed), read
+    from its Arrow buffer instead of a million Python bytes objects (~1 s per million faces);
+    any other binary type goes through :func:`to_words`."""
+    if isinstance(column, pa.ChunkedArray):
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    else:
+        array = column
+    if not pa.types.is_fixed_size_binary(array.type) or array.type.byte_width != HASH_BYTES:
+        return to_words(array.to_pylist())
+    n = len(array)
+    valid = (np.ones(n, bool) if array.null_count == 0 else
+             np.asarray(array.is_valid().to_numpy(zero_copy_only=False), bool))
+    data = array.buffers()[1]
+    if data is None:  # no value at all (a column older files lack)
+        return np.zeros((n, _WORDS), np.uint64), valid
+    raw = np.frombuffer(data, np.uint8, count=(array.offset + n) * HASH_BYTES)
+    raw = raw[array.offset * HASH_BYTES:].reshape(n, HASH_BYTES)
+    words = raw.view(">u8").astype(np.uint64)  # big-endian words, as to_words
+    words[~valid] = 0
     return words, valid
 
 
