@@ -260,8 +260,12 @@ def test_a_dask_worker_killed_mid_shard_then_a_rerun_gives_the_clean_rows(
 
     assert compare_rows(threads_rows, _rows(catalog, night[1])) == CLEAN
     assert duplicate_keys(catalog) == {"images": 0, "faces": 0, "scores": 0}
-    with Client(cluster.scheduler_address) as client:  # the nanny replaced the worker
+    with Client(cluster.scheduler_address) as client:
+        # The nanny replaces the killed worker, but in its own time: a new process that
+        # imports the worker's modules, which on a loaded 2-core machine outlasts the rerun.
+        client.wait_for_workers(n_workers=2, timeout=180)
         assert len(client.scheduler_info()["workers"]) == 2
+        assert killed["pid"] not in client.run(os.getpid).values()
 
 
 @pytest.mark.slow  # the check is quick, the module's server and cluster are not
