@@ -140,6 +140,26 @@ def test_missing_model_file_is_one_clear_line(tmp_path: Path) -> None:
     assert str(tmp_path / "empty" / "models") in res.stderr.replace("\n", "")
 
 
+@pytest.mark.parametrize("preset", [None, "true"])
+def test_cli_turns_prefect_telemetry_off_unless_told(preset: str | None) -> None:
+    """No network at run time: the command, not only `make`, keeps Prefect's usage heartbeat
+    off; an operator's explicit setting is kept."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")}
+    if preset:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = preset
+    code = ("import os, sys\nsys.argv = ['omnifer', '--help']\nfrom omnifer.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "from prefect.settings import get_current_settings\n"
+            "print('RESULT', get_current_settings().server.analytics_enabled, "
+            "os.environ['DO_NOT_TRACK'])\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT"))
+    assert line == f"RESULT {preset == 'true'} 1"
+
+
 def test_library_never_imports_prefect() -> None:
     code = (
         "import sys, importlib, pkgutil, omnifer\n"

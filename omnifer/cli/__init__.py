@@ -26,6 +26,7 @@ from omnifer.cli import report as _report  # noqa: E402,F401
 from omnifer.cli import retrain as _retrain  # noqa: E402,F401
 from omnifer.cli import synth as _synth  # noqa: E402,F401
 from omnifer.cli._app import app, err_console
+from omnifer.config import default_variable
 from omnifer.errors import OmniferError
 from omnifer.logs import configure_logging
 
@@ -35,6 +36,11 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Console-script entry point."""
     configure_logging()  # once per process: level from OMNIFER_LOG_LEVEL; httpx quiet
+    # No network at run time: Prefect's temporary server would otherwise send a usage
+    # heartbeat (and, beside another server's database, log "database is locked"
+    # tracebacks for it). `make` exports the same; an explicit setting wins.
+    default_variable("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    default_variable("DO_NOT_TRACK", "1")
     try:
         app()
     except OmniferError as exc:
