@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/distill_speed.py [--iterations 10] [--rounds 3] [--threads 1 2]
         [--classes 10] [--ipc 10] [--width 64] [--batch-real 32] [--channels 3]
-        [--gm-iterations 0]
+        [--gm-iterations 0] [--device cpu|cuda]
 
 Data: the seeded toy faces of ``benchmarks/distill_methods.py`` at 32×32 (for ``--classes``
 above 7 the 7 classes are drawn again with another seed under new labels: speed does not
@@ -35,6 +35,7 @@ repeats everything per torch thread count. OpenMP threads sleep between parallel
 the environment shows what spinning threads do on a machine shared with other work.
 ``--gm-iterations N`` adds gradient matching at the equal settings (one iteration is
 ``gm_outer_loop`` image updates with ``gm_inner_loop`` net steps between them).
+``--device cuda`` runs both sides on the GPU (timings end with ``torch.cuda.synchronize``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def convnet3(channels: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def diff_augment(x: Tensor, seed: int) -> Tensor:
     """DSA's DiffAugment, mode 'S' (one transform), siamese through ``seed``; minimal port."""
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +115,7 @@ def diff_augment(x: Tensor, seed: int) -> Tensor:
         return x.flip(3) if r() < 0.5 else x
     if op == "cutout":  # a half-size square of zeros
         cy, cx = int(r() * h), int(r() * w)
-        mask = torch.ones(h, w)
+        mask = torch.ones(h, w, device=x.device)
         mask[max(cy - h // 4, 0) : cy + h // 4, max(cx - w // 4, 0) : cx + w // 4] = 0
         return x * mask
     if op == "crop":  # translate by up to 1/8 of the side
@@ -120,26 +126,29 @@ def diff_augment(x: Tensor, seed: int) -> Tensor:
     else:  # rotate up to 15 degrees
         a = (r() * 2 - 1) * math.pi / 12
         theta = [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]
-    thetas = torch.tensor(theta).repeat(n, 1, 1)  # one per image, as DSA's code does
+    thetas = torch.tensor(theta, device=x.device).repeat(n, 1, 1)  # one per image, as DSA's
     grid = F.affine_grid(thetas, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
 
 
 def reference_dm(by_class: list[Tensor], ipc: int, width: int, batch_real: int,
-                 iterations: int, augment: bool, seed: int = 0) -> float:
+                 iterations: int, augment: bool, seed: int = 0,
+                 device: torch.device | str = "cpu") -> float:
     """Minimal DM in plain torch (Zhao & Bilen 2023); returns iterations/s of its loop."""
+    device = torch.device(device)
     torch.manual_seed(seed)
+    by_class = [imgs.to(device) for imgs in by_class]
     syn = torch.cat([imgs[torch.randperm(len(imgs))[:ipc]] for imgs in by_class])
     syn = syn.clone().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
 
     def step() -> None:
-        net = convnet3(syn.shape[1], width)  # a fresh random network every iteration
+        net = convnet3(syn.shape[1], width).to(device)  # a fresh random network each time
         for p in net.parameters():
             p.requires_grad_(False)
         loss = syn.new_zeros(())
         for c, imgs in enumerate(by_class):
-            real = imgs[torch.randperm(len(imgs))[:batch_real]]
+            real = imgs[torch.randperm(len(imgs), device=device)[:batch_real]]
             s = syn[c * ipc : (c + 1) * ipc]
             if augment:
                 shared = int(torch.randint(1 << 30, (1,)))
@@ -152,9 +161,11 @@ def reference_dm(by_class: list[Tensor], ipc: int, width: int, batch_real: int,
         opt.step()
 
     step()  # untimed: allocator and kernel warm-up
+    _sync(device)
     start = time.perf_counter()
     for _ in range(iterations):
         step()
+    _sync(device)
     return iterations / (time.perf_counter() - start)
 
 
@@ -181,22 +192,25 @@ def main() -> None:
     ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
     ap.add_argument("--per-class", type=int, default=200, help="toy real faces per class")
     ap.add_argument("--gm-iterations", type=int, default=0, help="0: no gradient matching")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     x, y = toy_data(args.classes, args.per_class, args.channels)
     sampler = TensorClassSampler(x, y, args.classes)
     by_class = [x[y == c] for c in range(args.classes)]
-    base = DistillConfig(ipc=args.ipc, iterations=args.iterations, device="cpu",
+    base = DistillConfig(ipc=args.ipc, iterations=args.iterations, device=args.device,
                          net_width=args.width, batch_real=args.batch_real)
     sides: dict[str, Callable[[], float]] = {
         "omnifer, no aug": lambda: omnifer_dm(
             sampler, base.model_copy(update={"dsa_strategy": ""})),
         "reference, no aug": lambda: reference_dm(
-            by_class, args.ipc, args.width, args.batch_real, args.iterations, augment=False),
+            by_class, args.ipc, args.width, args.batch_real, args.iterations, augment=False,
+            device=args.device),
         "omnifer, DSA": lambda: omnifer_dm(sampler, base),
         "reference, DSA": lambda: reference_dm(
-            by_class, args.ipc, args.width, args.batch_real, args.iterations, augment=True),
+            by_class, args.ipc, args.width, args.batch_real, args.iterations, augment=True,
+            device=args.device),
         "omnifer, GPU settings": lambda: omnifer_dm(
             sampler, base.model_copy(update=GPU_DEFAULTS | {"iterations": args.iterations})),
     }
@@ -223,7 +237,8 @@ def main() -> None:
         ):
             rows.append([threads, label, med[ours], med[ref], med[ours] / med[ref]])
         print(f"  done; load average now {machine().rsplit('load average ', 1)[1]}", flush=True)
-    print_table(f"DM on CPU, IPC {args.ipc}, {args.classes} classes, {args.channels}x32x32, "
+    print_table(f"DM on {args.device}, IPC {args.ipc}, {args.classes} classes, "
+                f"{args.channels}x32x32, "
                 f"ConvNet-3; median it/s of {args.rounds} alternating rounds of "
                 f"{args.iterations} iterations (target: omnifer >= 0.8x at equal settings)",
                 ["threads", "settings", "omnifer it/s", "reference it/s", "ratio"], rows)

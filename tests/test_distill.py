@@ -199,17 +199,19 @@ def test_parquet_sampler_per_class_multi_row_group(tmp_path: Path) -> None:
     names = CLASSES + ["other"]
     labels = rng.integers(0, 4, size=90)
     crops = []
-    for lab in labels:
+    for i, lab in enumerate(labels):
         img = np.full((112, 112, 3), 30, np.uint8)
         if lab < 3:
             img[:, :, 2 - lab] = 220  # BGR: class 0 → red, 1 → green, 2 → blue
+        img[:40, :40] = img[:40, :40] // 2 + i % 40  # each row its own image
         crops.append(_encode(img))
     table = pa.table({"face_id": [f"f{i}" for i in range(90)],
                       "label": [names[i] for i in labels], "crop": crops})
     path = tmp_path / "curated.parquet"
     pq.write_table(table, path, row_group_size=20)
     assert pq.ParquetFile(path).num_row_groups == 5
-    sampler = ParquetClassSampler(path, CLASSES, image_size=SIZE, cache_row_groups=2)
+    sampler = ParquetClassSampler(path, CLASSES, image_size=SIZE, cache_row_groups=2,
+                                  max_decoded_bytes=0)  # streams
     gen = torch.Generator().manual_seed(0)
     for c in range(3):
         assert sampler.count(c) == int((labels == c).sum())
@@ -219,6 +221,13 @@ def test_parquet_sampler_per_class_multi_row_group(tmp_path: Path) -> None:
         assert (dominant == c).all()
     auto = ParquetClassSampler(str(tmp_path), None, image_size=SIZE)
     assert auto.classes == sorted(names)
+    # Small sets are decoded once into memory, larger ones stream: the same draws either way.
+    assert not sampler.in_memory and auto.in_memory
+    memory = ParquetClassSampler(path, CLASSES, image_size=SIZE)
+    assert memory.in_memory
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for c in (2, 0, 1, 2):
+        assert torch.equal(memory.sample(c, 7, g1), sampler.sample(c, 7, g2))
 
 
 def test_arrow_round_trip_and_grids(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ any format, EXIF orientation applied) and resized to ``image_size``; image folde
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,8 @@ from omnifer.labels import ordered_classes
 log = logging.getLogger(__name__)
 
 
-def crop_to_chw(data: bytes, image_size: int) -> np.ndarray:
-    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1], ``S = image_size``.
+def crop_to_bgr(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image bytes → uint8 BGR ``(S, S, 3)``, ``S = image_size``.
 
     Decoded by :func:`omnifer.imaging.decode.decode_image` (upright, any supported format);
     raises DatasetError naming the decoder's status when the bytes do not decode."""
@@ -45,7 +46,13 @@ def crop_to_chw(data: bytes, image_size: int) -> np.ndarray:
         img = decode_image(data).image
     except DecodeError as exc:
         raise DatasetError(f"cannot decode image bytes ({exc.status}: {exc})") from None
-    return bgr_to_rgb_chw(resize_image(img, image_size)[None])[0]
+    return resize_image(img, image_size)
+
+
+def crop_to_chw(data: bytes, image_size: int) -> np.ndarray:
+    """Encoded image bytes → float32 RGB ``(3, S, S)`` in [0, 1], ``S = image_size``
+    (:func:`crop_to_bgr`, then :func:`~omnifer.imaging.transforms.bgr_to_rgb_chw`)."""
+    return bgr_to_rgb_chw(crop_to_bgr(data, image_size)[None])[0]
 
 
 def image_folder_tensors(
@@ -113,9 +120,15 @@ class ParquetClassSampler:
     """Samples per class from a Parquet file or folder (local or ``s3://``) of encoded images.
 
     ``classes=None`` discovers the class names from the label column (canonical order).
-    The label column is read once to index row positions per class; :meth:`sample` then
+    The label column is read once to index row positions per class. When the classes' images,
+    decoded at ``image_size`` (3·S² bytes each), fit in ``max_decoded_bytes``, the first
+    :meth:`sample` decodes them all once, row group by row group, and every draw after that
+    is an index into memory: distillation draws each image hundreds of times, and decoding a
+    JPEG per draw bounded the loop (6 it/s on an H200 at the GPU defaults, against 66 it/s
+    from memory; docs/performance.md, "The GPU path"). A larger set streams: :meth:`sample`
     reads only ``image_column`` of the row groups that hold the sampled rows (a small LRU
-    cache of decoded row groups keeps repeated draws cheap), so memory stays bounded.
+    cache of row groups keeps repeated draws cheap), so memory stays bounded. Both give the
+    same tensors for the same draws.
     """
 
     def __init__(
@@ -126,10 +139,12 @@ class ParquetClassSampler:
         label_column: str = "label",
         image_column: str = "crop",
         cache_row_groups: int = 8,
+        max_decoded_bytes: int = 1 << 30,
     ) -> None:
         self.image_size = image_size
         self.image_column = image_column
         self.cache_row_groups = cache_row_groups
+        self.max_decoded_bytes = max_decoded_bytes
         source = str(source)
         fs, path = storage.resolve(source)
         if fs.get_file_info(path).type == pafs.FileType.File:
@@ -175,6 +190,10 @@ class ParquetClassSampler:
         self.index = [np.concatenate(parts) if parts else np.zeros(0, np.int64)
                       for parts in per_class]
         self._cache: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._rows_total = offset
+        self._decoded: np.ndarray | None = None  # (rows, 3, S, S) uint8 RGB, when in memory
+        self._in_memory = (sum(rows.size for rows in self.index) * 3 * image_size**2
+                           <= max_decoded_bytes)
         empty = [c for c, rows in zip(self.classes, self.index, strict=True) if rows.size == 0]
         if empty:
             log.warning("classes with no rows in %s: %s", source, empty)
@@ -205,7 +224,36 @@ class ParquetClassSampler:
                 out[i] = crop_to_chw(data, self.image_size)
         return normalize(torch.from_numpy(np.stack(out)))  # type: ignore[arg-type]
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether draws come from the decoded images in memory (see the class docstring)."""
+        return self._in_memory
+
+    def _decode_all(self) -> np.ndarray:
+        """Every indexed row decoded at ``image_size``: ``(rows, 3, S, S)`` uint8 RGB (rows
+        of no class stay zero); each row group is read once."""
+        start = time.perf_counter()
+        size = self.image_size
+        out = np.zeros((self._rows_total, 3, size, size), np.uint8)
+        wanted = np.sort(np.concatenate(self.index)) if self.index else np.zeros(0, np.int64)
+        groups = np.searchsorted(self._group_starts, wanted, side="right") - 1
+        for g in np.unique(groups):
+            _, fi, rg = self._starts[g]
+            values = self._files[fi].read_row_group(rg, columns=[self.image_column]).column(0)
+            base = int(self._group_starts[g])
+            for row in wanted[groups == g]:
+                bgr = crop_to_bgr(values[int(row) - base].as_py(), size)
+                out[row] = bgr[..., ::-1].transpose(2, 0, 1)
+        log.info("decoded %d images at %d px into memory (%.0f MiB) in %.1fs", wanted.size,
+                 size, out.nbytes / 2**20, time.perf_counter() - start)
+        return out
+
     def sample(self, class_idx: int, n: int, generator: torch.Generator) -> Tensor:
         rows = self.index[class_idx]
         picked = rows[_pick(rows.size, n, generator).numpy()]
-        return self.rows(picked)
+        if not self._in_memory:
+            return self.rows(picked)
+        if self._decoded is None:
+            self._decoded = self._decode_all()
+        # As bgr_to_rgb_chw does: float32 of the uint8 values, divided by 255.
+        return normalize(torch.from_numpy(self._decoded[picked]).float() / 255.0)
