@@ -83,6 +83,7 @@ def _bare_worker(files: list[str], threads: int, model_dir: str, scale: str, bar
                                scale=scale, min_face_size=s.min_face_size,
                                refine_px=s.refine_px, whole_frame=s.whole_frame)
     scorer = Scorer(load_checkpoint(Path(model_dir)), batch_size=s.score_batch_size)
+    batch = scorer.batch_size  # the flow's: score_batch_size, or the device's default
     scorer.score(np.zeros((2, 112, 112, 3), np.uint8))  # warm, as a flow worker's is
     barrier.wait()
     start, cpu0 = time.time(), _cpu_s()
@@ -102,7 +103,7 @@ def _bare_worker(files: list[str], threads: int, model_dir: str, scale: str, bar
         buf += [align_face(decoded.image, d.landmarks5) for d in dets]
         faces += len(dets)
         t3 = clock()
-        if len(buf) >= s.score_batch_size:
+        if len(buf) >= batch:
             scorer.score(np.stack(buf))
             buf = []
         t4 = clock()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/scoring.py [--faces 512] [--batch-sizes 1 8 32 128 256] [--threads N]
+    python benchmarks/scoring.py [--faces 512] [--batch-sizes 1 8 16 32 128 256] [--threads N]
                                  [--devices cpu cuda]
 
 The crops are the demo world's aligned labeled faces (112×112 JPEGs, decoded once; repeated to
@@ -10,11 +10,16 @@ The crops are the demo world's aligned labeled faces (112×112 JPEGs, decoded on
 with ``batch_size=B`` (flip TTA, embeddings, similarity: exactly what the ingest does); batch size
 1 is the one-face-at-a-time baseline, called once per face as a naive loop would.
 
-One table per device: the CPU always, and a CUDA GPU when torch sees one (``--devices``).
-Target (issue 22): on a **GPU worker** the ingest's batch size (``score_batch_size``, 128)
-≥ 3× batch size 1, where a call's fixed cost (kernel launches, transfers) is what batching
-saves. On a CPU, scoring is bound by arithmetic (measured: one face at a time already keeps a
-core busy), so the CPU table has no target: it shows what batching gives there.
+One table per device: the CPU always, and a CUDA GPU when torch sees one (``--devices``); and
+per device, the ingest's batch size there with the model's batch norms folded into its
+convolutions (what ``Scorer`` runs: ``omnifer.models.inference.fold_batch_norm``) against the
+model as trained.
+Target (issue 22): on a **GPU worker** the ingest's batch size there (``score_batch_size``
+unset: ``GPU_BATCH_SIZE``, 128) ≥ 3× batch size 1, where a call's fixed cost (kernel
+launches, transfers) is what batching saves. On a CPU, scoring is bound by arithmetic
+(measured: one face at a time already keeps a core busy) and large batches fall out of cache,
+so the CPU table has no target: it shows what batching gives there (the ingest's CPU default
+is ``CPU_BATCH_SIZE``, 16).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def faces_per_s(scorer: Scorer, crops: np.ndarray, one_at_a_time: bool, repeat: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--faces", type=int, default=512)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128, 256])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 128, 256])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N passes")
     ap.add_argument("--devices", nargs="+", default=None,
@@ -87,6 +92,21 @@ def main() -> None:
         print_table(f"Scoring {len(crops)} crops on {device}, model {loaded.card.arch} at "
                     f"{loaded.card.input_size}px, flip TTA ({target})",
                     ["batch", "faces/s", "x one-at-a-time", "ms/face"], rows)
+        # Batch norm folded into the convolutions (what Scorer does) against the model as
+        # trained, at the ingest's batch size on this device, interleaved pass by pass.
+        folded = Scorer(loaded, batch_size=None, device=device)
+        as_trained = Scorer(loaded, batch_size=None, device=device)
+        as_trained.model = loaded.model.to(as_trained.device).eval()
+        rates: dict[str, float] = {"folded": 0.0, "as trained": 0.0}
+        for scorer in (folded, as_trained):
+            scorer.score(crops[:128])
+        for _ in range(args.repeat):
+            for name, scorer in (("folded", folded), ("as trained", as_trained)):
+                rates[name] = max(rates[name], faces_per_s(scorer, crops, False, 1))
+        print_table(f"Batch norm folded into the convolutions, batch {folded.batch_size} on "
+                    f"{device}",
+                    ["model", "faces/s", "x as trained"],
+                    [[name, rate, rate / rates["as trained"]] for name, rate in rates.items()])
     if "cuda" not in devices:
         print("\nNo GPU here (torch.cuda.is_available() is False): the GPU target (batch 128 "
               ">= 3x one at a time) is measured on a `gpu` pool worker.")

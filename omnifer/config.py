@@ -143,7 +143,9 @@ class IngestSettings(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1)
     max_bytes: int = Field(50_000_000, ge=1)
     crop_jpeg_quality: int = Field(95, ge=50, le=100)
-    score_batch_size: int = Field(128, ge=1)
+    # Crops per forward pass of the primitive model; None: by device (16 on a CPU, where
+    # larger batches fall out of cache, 128 on a GPU: omnifer.curation.scoring.batch_size_for).
+    score_batch_size: int | None = Field(None, ge=1)
     compact: bool = True  # merge a night's shard files into one per dataset once all committed
     # Where shards run: ``threads`` (this process, ``workers`` at a time) or ``dask`` (a Dask
     # cluster through prefect-dask: ``dask_address`` is ``tcp://host:8786`` for an existing

@@ -114,3 +114,37 @@ def test_scorer_outputs_and_flip_tta(tmp_path: Path) -> None:
     assert str(table.schema.field("label_index").type) == "int16"
     assert table["label"].to_pylist() == [CLASSES[i] for i in whole.label]
     assert len(table["embedding"][0]) == whole.embedding.shape[1]
+
+
+@pytest.mark.parametrize("name", list_architectures())
+def test_inference_copy_folds_batch_norm_and_computes_the_same(name: str) -> None:
+    from torch import nn
+
+    from omnifer.models.inference import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3)
+    for m in model.modules():  # trained-looking statistics, not the identity of a fresh BN
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    folded = fold_batch_norm(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # float rounding only (deep nets with random statistics: large
+        ref = model(x)       # outputs, so compared relative to their scale)
+        scale = ref.abs().max()
+        torch.testing.assert_close(folded(x) / scale, ref / scale, rtol=0, atol=1e-5)
+
+    def bn_after_conv(m: nn.Module) -> int:
+        return sum(isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)
+                   for s in m.modules() if isinstance(s, nn.Sequential)
+                   for a, b in zip(list(s), list(s)[1:], strict=False))
+
+    assert bn_after_conv(folded) == 0
+    if name.startswith("fercnn"):  # all its batch norms follow a conv in one Sequential
+        assert bn_after_conv(model) > 0
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched

@@ -42,7 +42,7 @@ class IngestParams(BaseModel):
     max_pixels: int = 40_000_000
     max_bytes: int = 50_000_000
     crop_jpeg_quality: int = 95
-    score_batch_size: int = 128
+    score_batch_size: int | None = None  # None: by device (curation.scoring.batch_size_for)
     model_version: str
     model_uri: str
 

@@ -68,7 +68,7 @@ class BackfillPlan(BaseModel):
     plan_id: str
     model_version: str
     model_uri: str
-    score_batch_size: int = 256
+    score_batch_size: int | None = None  # None: by device (curation.scoring.batch_size_for)
     nights: list[str]
     shards: list[BackfillShard]
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -108,7 +108,7 @@ def nights_with_faces(catalog: DataCatalog) -> list[str]:
 
 def plan_backfill(catalog: DataCatalog, model_version: str | None = None,
                   dates: list[str] | None = None, shard_size: int = 2048,
-                  score_batch_size: int = 256) -> BackfillPlan:
+                  score_batch_size: int | None = None) -> BackfillPlan:
     """Resume this model's unfinished plan, else cut the faces it has not scored into shards.
 
     ``model_version`` defaults to the primitive model; ``dates`` to every night with faces.
