@@ -19,7 +19,7 @@ parent. Per device:
   overrides the epochs), recipe ``distilled``, as ``omnifer retrain`` does.
 
 The table gives the wall time of each step (distillation: its loop alone, and the whole stage
-with reading the curated crops and writing the set), iterations or epochs per second, and
+with reading the curated crops and writing the set), distillation's iterations per second, and
 what came out. Issue 22.5 asked for this once on a GPU worker; docs/performance.md has the run.
 """
 

@@ -192,8 +192,8 @@ class ParquetClassSampler:
         self._cache: OrderedDict[int, list[bytes]] = OrderedDict()
         self._rows_total = offset
         self._decoded: np.ndarray | None = None  # (rows, 3, S, S) uint8 RGB, when in memory
-        self._in_memory = (sum(rows.size for rows in self.index) * 3 * image_size**2
-                           <= max_decoded_bytes)
+        # Sized by all rows (rows of no class are allocated too, left zero): never more.
+        self._in_memory = offset * 3 * image_size**2 <= max_decoded_bytes
         empty = [c for c, rows in zip(self.classes, self.index, strict=True) if rows.size == 0]
         if empty:
             log.warning("classes with no rows in %s: %s", source, empty)
