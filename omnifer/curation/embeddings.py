@@ -28,8 +28,10 @@ _scorers: dict[tuple[str, str, int], Scorer] = {}
 _lock = threading.Lock()
 
 
-def model_scorer(catalog: DataCatalog, model_version: str, batch_size: int = 256) -> Scorer:
-    """A warm :class:`Scorer` of a registered model version (one per process and version).
+def model_scorer(catalog: DataCatalog, model_version: str,
+                 batch_size: int | None = None) -> Scorer:
+    """A warm :class:`Scorer` of a registered model version (one per process and version;
+    ``batch_size`` None: the device's default, :func:`~omnifer.curation.scoring.batch_size_for`).
 
     Raises :class:`~omnifer.errors.ModelFileError` when the version is not registered.
     """
