@@ -1,6 +1,10 @@
-"""Which torch device a computation runs on: the one resolver every stage uses."""
+"""Which torch device a computation runs on, and with how many CPU threads: the one resolver
+and the one thread scope every stage uses."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -19,3 +23,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(name)!r} requested but CUDA is not available")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: as they are), then restore the
+    count it had before."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

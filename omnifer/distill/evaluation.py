@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnifer.devices import resolve_device
+from omnifer.devices import resolve_device, torch_threads
 from omnifer.distill.augmentation import DSA
 from omnifer.distill.config import DistillConfig
-from omnifer.distill.methods import distill, torch_threads
+from omnifer.distill.methods import distill
 from omnifer.distill.networks import ConvNet, reset_parameters
 from omnifer.distill.samplers import ClassSampler, TensorClassSampler
 from omnifer.runtime.progress import Meter

@@ -8,17 +8,16 @@ optimises it in place.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnifer.devices import resolve_device
+from omnifer.devices import resolve_device, torch_threads
 from omnifer.distill.augmentation import DSA
 from omnifer.distill.config import DistillConfig
 from omnifer.distill.networks import ConvNet, reset_parameters
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "distill", "distribution_matching", "dm_embedding_gap", "gradient_distance",
-    "gradient_matching", "gm_matching_loss", "init_synthetic", "torch_threads",
+    "gradient_matching", "gm_matching_loss", "init_synthetic",
 ]
 
 
@@ -40,18 +39,6 @@ def _make_net(num_classes: int, config: DistillConfig, device: torch.device,
               channels: int = 3) -> ConvNet:
     return ConvNet(num_classes, channels=channels, width=config.net_width,
                    depth=config.net_depth, image_size=config.image_size).to(device)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads (None: as they are), then restore."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _seed(generator: torch.Generator) -> int:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from omnifer.curation.scoring import forward_tta
-from omnifer.devices import resolve_device
+from omnifer.devices import resolve_device, torch_threads
 from omnifer.errors import DatasetError
 from omnifer.imaging.tensors import normalize, to_tensor
 from omnifer.labeled.base import LabeledData
@@ -105,17 +105,14 @@ def _state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def _torch_settings(cfg: TrainConfig) -> Iterator[None]:
-    threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        yield
+        with torch_threads(cfg.threads):
+            if cfg.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            yield
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
 
 
