@@ -29,6 +29,13 @@ detected landmarks to the true ones over the true inter-ocular distance, median 
 faces. Last, the real photos that installed packages ship (scikit-image's astronaut,
 matplotlib's Grace Hopper, insightface's t1: 8 faces) are searched with both settings.
 
+``--baseline DIR`` adds **flow base**: the nightly flow of another checkout (e.g. the commit an
+issue was filed at: ``git worktree add /tmp/base COMMIT``), run on the same files with the same
+model and workers, in a subprocess with that checkout's own code (its ``flows.ingest`` and
+``benchmarks/_common.py``, which must have ``fresh_catalog(root, model)`` and
+``warm_prefect()``, as every checkout since this benchmark has), right after this checkout's
+two flows, and timed the same way (its own temporary Prefect server warmed first, not counted).
+
 Targets (issue 22): flow auto ≥ 2× flow full images/s with 2 workers, at equal recall and a
 median landmark error at most 1 point (0.01 of the inter-ocular distance) above full's, 8/8
 real faces; flow / bare ≥ 0.8 (issue 11).
@@ -37,8 +44,12 @@ real faces; flow / bare ≥ 0.8 (issue 11).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,6 +180,45 @@ def flow_run(world: Path, workers: int, shard_size: int, model: Path, root: Path
             "images_per_s": summary["images"] / wall, "shard_seconds": in_shards,
             "cpu_ms": 1000 * cpu / summary["images"], "detector_version": ", ".join(versions),
             **detection_quality(faces, world)}
+
+
+# Runs in the baseline checkout (cwd), with its own code first on sys.path.
+BASELINE_DRIVER = """
+import json, sys, time
+sys.path[:0] = ["benchmarks", "."]
+from pathlib import Path
+from _common import fresh_catalog, warm_prefect
+world, model, root, workers, shard_size, date = sys.argv[1:7]
+warm_prefect()
+fresh_catalog(Path(root), Path(model))
+from flows.ingest import nightly_ingest
+t = time.perf_counter()
+summary = nightly_ingest(date=date, sources=[str(Path(world) / "unlabeled")],
+                         shard_size=int(shard_size), workers=int(workers))
+print("RESULT " + json.dumps({"images": summary["images"], "faces": summary["faces"],
+                              "seconds": time.perf_counter() - t}))
+"""
+
+
+def baseline_flow_run(checkout: Path, world: Path, workers: int, shard_size: int, model: Path,
+                      root: Path, prefect_home: Path) -> dict[str, Any]:
+    """The nightly flow of another ``checkout`` on the same files (see the module docstring):
+    images/s and seconds, timed inside the subprocess around its flow call. Raises
+    RuntimeError with the subprocess's last lines when it fails."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OMNIFER_") and k not in ("PREFECT_API_URL", "PYTHONPATH")}
+    env.update(PYTHONPATH=str(checkout), PREFECT_HOME=str(prefect_home),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    proc = subprocess.run([sys.executable, "-c", BASELINE_DRIVER, str(world), str(model),
+                           str(root), str(workers), str(shard_size), DATE],
+                          cwd=checkout, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"the baseline flow in {checkout} failed (rc {proc.returncode}):\n"
+                           f"{tail}")
+    out = json.loads(lines[-1][len("RESULT "):])
+    return {**out, "images_per_s": out["images"] / out["seconds"]}
 
 
 def detection_quality(faces: Any, world: Path, min_iou: float = 0.5) -> dict[str, float]:
@@ -303,6 +353,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["bare", "flow"], default=None)
     ap.add_argument("--detect-sample", type=int, default=500,
                     help="photos for the detection-alone comparison (0: skip it)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="another checkout whose nightly flow runs on the same files after "
+                         "this one's (e.g. git worktree add /tmp/base COMMIT)")
     ap.add_argument("--dask", action="store_true", help="Also: thread runner vs a Dask "
                     "LocalCluster on the same files (benchmarks/ingest_dask.py)")
     args = ap.parse_args()
@@ -318,6 +371,7 @@ def main() -> None:
 
     bare: dict[tuple[int, str], dict[str, float]] = {}
     flows: dict[tuple[int, str], dict[str, Any]] = {}
+    based: dict[int, dict[str, Any]] = {}
     if args.only != "bare":
         print(f"Prefect temporary server up in {warm_prefect():.1f}s (not counted)", flush=True)
     # All sides back to back per worker count, so that load from elsewhere on a shared machine
@@ -331,6 +385,12 @@ def main() -> None:
                 flows[n, scale] = f = flow_run(world, n, args.shard_size, model,
                                                work / f"throughput-{n}-{scale}", scale)
                 print(f"flow x{n} {scale}: {f['images_per_s']:.1f} images/s", flush=True)
+        if args.baseline is not None and args.only != "bare":
+            based[n] = b = baseline_flow_run(args.baseline.resolve(), world, n, args.shard_size,
+                                             model, work / f"throughput-{n}-base",
+                                             work / "prefect_home_base")
+            print(f"flow x{n} base ({args.baseline}): {b['images_per_s']:.1f} images/s",
+                  flush=True)
 
     rows = []
     for n in args.workers:
@@ -352,6 +412,19 @@ def main() -> None:
                 ["workers", "detection", "bare img/s", "flow img/s", "flow vs full", "flow/bare",
                  "flow s", "in shards", "bare CPU ms/img", "flow CPU ms/img", "faces"],
                 rows)
+    if based:
+        brows = []
+        for n, b in based.items():
+            full, auto = flows.get((n, "full")), flows.get((n, "auto"))
+            brows.append([n, b["images_per_s"], full["images_per_s"] if full else "-",
+                          auto["images_per_s"] if auto else "-",
+                          full["images_per_s"] / b["images_per_s"] if full else "-",
+                          auto["images_per_s"] / b["images_per_s"] if auto else "-",
+                          b["seconds"], int(b["faces"])])
+        print_table(f"This checkout's flows against the baseline's ({args.baseline}), same "
+                    "files, model and workers",
+                    ["workers", "base img/s", "full img/s", "auto img/s", "full vs base",
+                     "auto vs base", "base s", "base faces"], brows)
     if bare:
         print_table("Bare loop: CPU ms per image in each stage (its own thread's CPU time; "
                     "detect = FaceFinder.detect, score = the model on the crops and their flip)",
