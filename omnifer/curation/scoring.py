@@ -163,7 +163,7 @@ class Scorer:
     says otherwise.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int | None = 256,
+    def __init__(self, loaded: LoadedModel, batch_size: int | None = None,
                  device: str | torch.device | None = None, calibrated: bool = True,
                  flip_tta: bool | None = None) -> None:
         self.device = resolve_device(device)

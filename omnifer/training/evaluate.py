@@ -55,10 +55,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
     }
 
 
-def evaluate_model(loaded: LoadedModel, data: LabeledData, batch_size: int = 256,
+def evaluate_model(loaded: LoadedModel, data: LabeledData, batch_size: int | None = None,
                    device: str | None = None) -> dict[str, Any]:
     """Score ``data`` with the model (flip TTA when its card's ``flip_tta`` is on, as in
-    production) and compare to its labels.
+    production) and compare to its labels. ``batch_size`` None: the device's scoring batch
+    (:func:`omnifer.curation.scoring.batch_size_for`).
 
     ``data``'s classes are matched to the model's by name (so an image folder with a subset
     of the classes works). Returns accuracy, mean_class_accuracy, per_class_accuracy,
@@ -108,7 +109,7 @@ def pseudo_label_precision(selected: pa.Table, truth: Mapping[str, str | None]) 
     }
 
 def evaluate_calibration(loaded: Any, data: Any, split: str = "test",
-                         batch_size: int = 256) -> Any:
+                         batch_size: int | None = None) -> Any:
     """How calibrated a loaded model (any kind) is on labeled ``data``: its card's temperature
     against no scaling, on the probabilities scoring emits (nothing is fitted)."""
     from omnifer.curation.scoring import Scorer
