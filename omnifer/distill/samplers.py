@@ -201,13 +201,16 @@ class ParquetClassSampler:
     def count(self, class_idx: int) -> int:
         return int(self.index[class_idx].size)
 
+    def _read_row_group(self, g: int) -> list[bytes]:
+        """The encoded images of global row group ``g`` (read from its file, not cached)."""
+        _, fi, rg = self._starts[g]
+        return self._files[fi].read_row_group(rg, columns=[self.image_column]).column(0).to_pylist()
+
     def _row_group(self, g: int) -> list[bytes]:
         if g in self._cache:
             self._cache.move_to_end(g)
             return self._cache[g]
-        _, fi, rg = self._starts[g]
-        data = self._files[fi].read_row_group(rg, columns=[self.image_column])
-        values = data.column(0).to_pylist()
+        values = self._read_row_group(g)
         self._cache[g] = values
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)
@@ -238,11 +241,10 @@ class ParquetClassSampler:
         wanted = np.sort(np.concatenate(self.index)) if self.index else np.zeros(0, np.int64)
         groups = np.searchsorted(self._group_starts, wanted, side="right") - 1
         for g in np.unique(groups):
-            _, fi, rg = self._starts[g]
-            values = self._files[fi].read_row_group(rg, columns=[self.image_column]).column(0)
+            values = self._read_row_group(int(g))
             base = int(self._group_starts[g])
             for row in wanted[groups == g]:
-                bgr = crop_to_bgr(values[int(row) - base].as_py(), size)
+                bgr = crop_to_bgr(values[int(row) - base], size)
                 out[row] = bgr[..., ::-1].transpose(2, 0, 1)
         log.info("decoded %d images at %d px into memory (%.0f MiB) in %.1fs", wanted.size,
                  size, out.nbytes / 2**20, time.perf_counter() - start)
